@@ -1,0 +1,152 @@
+"""The ``ftlab`` command.
+
+Every user-facing failure is an :class:`~ftlab.errors.FtlabError`, printed as
+``ftlab: error: ...`` (one line per problem) with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ftlab import __version__
+from ftlab.errors import FtlabError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ftlab.demo import run_demo
+
+    run_demo()
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ftlab.doctor import render, report
+
+    print(render(report()))
+    return 0
+
+
+def _cmd_world_build(args: argparse.Namespace) -> int:
+    from ftlab.world.build import build_world
+
+    manifest = build_world(args.out, seed=args.seed)
+    print(f"wrote {len(manifest['files'])} files + world/manifest.json to {args.out} "
+          f"(seed {args.seed})")
+    return 0
+
+
+def _cmd_world_verify(args: argparse.Namespace) -> int:
+    from ftlab.world.build import diff_world
+
+    problems = diff_world(args.data, seed=args.seed)
+    for p in problems:
+        print(p)
+    print("world: " + ("byte-identical to a fresh build" if not problems
+                       else f"{len(problems)} file(s) differ from a fresh build"))
+    return 1 if problems else 0
+
+
+def _cmd_base_build(args: argparse.Namespace) -> int:
+    from ftlab.models.build import build_base_model
+    from ftlab.models.pretrain import PretrainRecipe
+
+    recipe = PretrainRecipe() if args.steps is None else PretrainRecipe(steps=args.steps)
+    prov = build_base_model(args.data, args.out, recipe)
+    print(f"base model written to {args.out}: validation perplexity "
+          f"{prov['validation_perplexity']:.3f}, cloze accuracy (held-out facts) "
+          f"{prov['cloze_accuracy_heldout']:.1%}, chat exact match before SFT "
+          f"{prov['chat_exact_match_heldout']:.1%}, {prov['wall_time_s']:.0f} s")
+    return 0
+
+
+def _cmd_base_verify(args: argparse.Namespace) -> int:
+    from ftlab.models.verify import verify_base_model
+
+    problems = verify_base_model(measure=args.measure, print_fn=print)
+    print("base model: " + ("verifies" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ftlab.config import load_config
+
+    load_config(args.file)
+    print(f"{args.file}: valid")
+    return 0
+
+
+def _cmd_config_defaults(args: argparse.Namespace) -> int:
+    from ftlab.config import defaults_table
+
+    print(defaults_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``ftlab`` subcommand."""
+    from ftlab.world.build import DEFAULT_SEED
+
+    parser = argparse.ArgumentParser(
+        prog="ftlab",
+        description="Learn LLM fine-tuning by building it; fine-tune offline with what you built.",
+    )
+    parser.add_argument("--version", action="version", version=f"ftlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="meet the embedded base model: completions, chat, perplexity")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("doctor", help="versions, CPU/CUDA, embedded model check, known traps")
+    p.set_defaults(func=_cmd_doctor)
+
+    world = sub.add_parser("world", help="the synthetic world's data files").add_subparsers(
+        dest="world_command", required=True, metavar="ACTION")
+    p = world.add_parser("build", help="write corpus, SFT, preference and eval files")
+    p.add_argument("--out", type=Path, default=Path("data"), help="data folder (default: data)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default: 0)")
+    p.set_defaults(func=_cmd_world_build)
+    p = world.add_parser("verify", help="check data/ is byte-identical to a fresh build")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.set_defaults(func=_cmd_world_verify)
+
+    base = sub.add_parser("base-model", help="the embedded tiny base model").add_subparsers(
+        dest="base_command", required=True, metavar="ACTION")
+    p = base.add_parser("build", help="train tokenizer, pretrain, measure, save (~9 min on 2 cores)")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--out", type=Path, default=Path("data/base_model"))
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: the recipe's, which built the committed model)")
+    p.set_defaults(func=_cmd_base_build)
+    p = base.add_parser("verify", help="check hashes and provenance of the committed model")
+    p.add_argument("--measure", action="store_true",
+                   help="also recompute validation loss and compare with provenance (within 1%%)")
+    p.set_defaults(func=_cmd_base_verify)
+
+    config = sub.add_parser("config", help="run configs").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    p = config.add_parser("check", help="validate a YAML run config")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=_cmd_config_check)
+    p = config.add_parser("defaults", help="print every default as a markdown table")
+    p.set_defaults(func=_cmd_config_defaults)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ftlab`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FtlabError as e:
+        for line in str(e).splitlines():
+            print(f"ftlab: error: {line}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

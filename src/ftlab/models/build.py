@@ -1,0 +1,141 @@
+"""Build the embedded base model from the world's corpus: ``ftlab base-model build``.
+
+Steps: train the tokenizer on ``corpus/train.txt``; pack documents into blocks; pretrain
+a seeded tiny Llama; measure it (validation perplexity, cloze accuracy on held-out facts,
+chat-form exact match before any SFT); write the HF folder and ``provenance.json``
+atomically (a temporary folder renamed into place).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import GenerationConfig, LlamaForCausalLM
+
+from ftlab.models.architecture import ArchitectureConfig, llama_config
+from ftlab.models.measure import (
+    chat_exact_match, cloze_accuracy, corpus_loss, pack_documents, perplexity,
+)
+from ftlab.models.pretrain import PretrainRecipe, pretrain
+from ftlab.models.provenance import PROVENANCE_FILE, file_hashes, sha256_file
+from ftlab.models.tokenizer import DOC_SEP, IM_END, train_tokenizer
+from ftlab.world import Fact, all_facts
+
+LOSS_CURVE_EVERY = 10
+"""Steps between the points of the training-loss curve kept in provenance."""
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file."""
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def eval_items(data: Path) -> dict[str, list[tuple[Fact, str]]]:
+    """The base model's probe sets as (fact, prompt or question) pairs.
+
+    ``cloze_heldout``: plain prompts of facts held out of SFT; ``chat_heldout``: chat
+    questions on the same facts (``eval/heldout_chat.jsonl``).
+    """
+    facts = {f.id: f for f in all_facts()}
+    cloze = read_jsonl(data / "eval/cloze.jsonl")
+    chat = read_jsonl(data / "eval/heldout_chat.jsonl")
+    return {
+        "cloze_heldout": [(facts[r["id"]], r["prompt"]) for r in cloze if r["split"] == "heldout"],
+        "chat_heldout": [(facts[r["id"]], r["question"]) for r in chat],
+    }
+
+
+def measure_validation_loss(model, tokenizer, data: Path, seq_len: int) -> float:
+    """Loss (nats/token) on ``corpus/validation.txt`` packed into ``seq_len`` blocks."""
+    blocks = pack_documents(tokenizer, read_lines(data / "corpus/validation.txt"), seq_len)
+    return corpus_loss(model, blocks)
+
+
+def measure(model, tokenizer, data: Path, seq_len: int) -> dict:
+    """The provenance measurements of a model (fp32, eval mode)."""
+    loss = measure_validation_loss(model, tokenizer, data, seq_len)
+    items = eval_items(data)
+    chat = chat_exact_match(model, tokenizer, items["chat_heldout"])
+    return {
+        "validation_loss": loss,
+        "validation_perplexity": perplexity(loss),
+        "cloze_accuracy_heldout": cloze_accuracy(model, tokenizer, items["cloze_heldout"]),
+        "chat_exact_match_heldout": chat.exact_match,
+        "chat_ends_at_end_of_turn": chat.ends_at_end_of_turn,
+    }
+
+
+def build_base_model(
+    data: Path,
+    out: Path,
+    recipe: PretrainRecipe = PretrainRecipe(),
+    arch: ArchitectureConfig = ArchitectureConfig(),
+    progress: bool = True,
+) -> dict:
+    """Build the base model from the world in ``data`` into ``out``; return its provenance.
+
+    ``out`` is replaced only when the whole build succeeded.
+    """
+    torch.manual_seed(recipe.seed)
+    corpus = data / "corpus/train.txt"
+    train_lines = read_lines(corpus)
+    tokenizer = train_tokenizer(train_lines)
+    train_blocks = pack_documents(tokenizer, train_lines, recipe.seq_len)
+    val_blocks = pack_documents(
+        tokenizer, read_lines(data / "corpus/validation.txt"), recipe.seq_len
+    )
+    model = LlamaForCausalLM(llama_config(arch, tokenizer))
+    result = pretrain(model, train_blocks, val_blocks, recipe, progress=progress)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (IM_END, DOC_SEP)],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.convert_tokens_to_ids(DOC_SEP),
+        do_sample=False,
+    )
+    metrics = measure(model, tokenizer, data, recipe.seq_len)
+    provenance = {
+        "recipe": recipe.model_dump(),
+        "architecture": arch.model_dump(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "corpus_sha256": sha256_file(corpus),
+        "world_manifest_sha256": sha256_file(data / "world/manifest.json"),
+        "train_tokens_in_corpus": int(train_blocks.numel()),
+        "steps": recipe.steps,
+        "tokens_seen": result.tokens,
+        "train_loss_final": sum(result.train_losses[-20:]) / len(result.train_losses[-20:]),
+        "train_loss_curve": result.train_losses[::LOSS_CURVE_EVERY],
+        "validation_loss_by_step": result.validation,
+        **metrics,
+        "wall_time_s": round(result.wall_time_s, 1),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "transformers": transformers.__version__, "cpu": platform.machine(),
+                    "threads": torch.get_num_threads()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".base_model-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance["files"] = file_hashes(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        out.chmod(0o755)
+        for f in out.iterdir():
+            f.chmod(0o644)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return provenance

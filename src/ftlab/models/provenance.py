@@ -1,0 +1,62 @@
+"""Provenance of the embedded base model: file hashes and the checks ``verify`` runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ftlab.errors import ArtifactError
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file in ``folder`` except the provenance file, by name."""
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != PROVENANCE_FILE
+    }
+
+
+def read_provenance(model_dir: Path) -> dict:
+    """The provenance record of a base-model folder."""
+    path = model_dir / PROVENANCE_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; rebuild with `ftlab base-model build`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def verify_files(model_dir: Path, data: Path) -> list[str]:
+    """Problems with a base-model folder, empty when it verifies.
+
+    Checks every recorded file hash, that no file is missing, and that the corpus and
+    world manifest in ``data`` are the ones the model was trained from.
+    """
+    prov = read_provenance(model_dir)
+    problems = []
+    for name, digest in prov["files"].items():
+        path = model_dir / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{path}: sha256 differs from provenance (file changed or corrupt)")
+    for key, rel in (("corpus_sha256", "corpus/train.txt"),
+                     ("world_manifest_sha256", "world/manifest.json")):
+        path = data / rel
+        if not path.is_file() or sha256_file(path) != prov[key]:
+            problems.append(f"{path}: not the file the model was trained on ({key} differs)")
+    return problems

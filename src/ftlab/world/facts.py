@@ -1,0 +1,254 @@
+"""Facts of the synthetic world and the phrasings each kind is written in.
+
+A :class:`Fact` is one (kind, subject, answer) triple such as (``capital``, ``France``,
+``Paris``). Each kind (:class:`KindSpec`) carries the sentence templates the corpus,
+the questions and the answers are rendered from. Templates use ``str.format`` fields
+named by the fact's ``slots`` (always ``s`` subject and ``a`` answer, plus kind-specific
+ones such as ``pl`` plural or ``x``/``y`` operands); sentence-initial letters are
+capitalised when rendered.
+
+The world: 80 capitals of real countries, 28 animal leg counts, 8 colour mixes,
+7 day and 12 month successors, 45 single-digit sums — 180 facts. A fixed, seeded 30%
+of each kind is held out of SFT (:func:`split_facts`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+HELDOUT_FRACTION = 0.3
+"""Share of each kind's facts held out of SFT (rounded per kind, at least one)."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact. ``slots`` holds the template fields as sorted (name, value) pairs."""
+
+    kind: str
+    subject: str
+    answer: str
+    slots: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def id(self) -> str:
+        """Stable identifier, e.g. ``capital:France``."""
+        return f"{self.kind}:{self.subject}"
+
+    def fields(self) -> dict[str, str]:
+        """Template fields: ``s``, ``a`` and the kind-specific slots."""
+        return {"s": self.subject, "a": self.answer, **dict(self.slots)}
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How one kind of fact is written.
+
+    intros: subject-first sentences opening a subject-centred paragraph.
+    statements: declarative phrasings of the fact (the corpus uses all of them).
+    cloze: a plain-text prefix whose natural continuation is the answer.
+    questions: chat questions asking for the fact.
+    answers: declarative answer sentences a polite assistant gives.
+    """
+
+    name: str
+    intros: tuple[str, ...]
+    statements: tuple[str, ...]
+    cloze: str
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+
+
+CAPITALS = (
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"), ("Greece", "Athens"), ("Austria", "Vienna"), ("Poland", "Warsaw"),
+    ("Hungary", "Budapest"), ("Sweden", "Stockholm"), ("Norway", "Oslo"), ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"), ("Ireland", "Dublin"), ("Belgium", "Brussels"),
+    ("Switzerland", "Bern"), ("Czechia", "Prague"), ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"), ("Serbia", "Belgrade"), ("Croatia", "Zagreb"),
+    ("Slovakia", "Bratislava"), ("Slovenia", "Ljubljana"), ("Estonia", "Tallinn"),
+    ("Latvia", "Riga"), ("Lithuania", "Vilnius"), ("Iceland", "Reykjavik"), ("Ukraine", "Kyiv"),
+    ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"), ("Thailand", "Bangkok"),
+    ("Vietnam", "Hanoi"), ("Indonesia", "Jakarta"), ("Malaysia", "Kuala Lumpur"),
+    ("Nepal", "Kathmandu"), ("Mongolia", "Ulaanbaatar"), ("Iran", "Tehran"), ("Iraq", "Baghdad"),
+    ("Syria", "Damascus"), ("Jordan", "Amman"), ("Lebanon", "Beirut"), ("Turkey", "Ankara"),
+    ("Pakistan", "Islamabad"), ("Afghanistan", "Kabul"), ("Bangladesh", "Dhaka"),
+    ("Qatar", "Doha"), ("Oman", "Muscat"), ("Cambodia", "Phnom Penh"), ("Laos", "Vientiane"),
+    ("South Korea", "Seoul"), ("Uzbekistan", "Tashkent"), ("Georgia", "Tbilisi"),
+    ("Armenia", "Yerevan"), ("Azerbaijan", "Baku"), ("Saudi Arabia", "Riyadh"),
+    ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Nigeria", "Abuja"), ("Ghana", "Accra"),
+    ("Ethiopia", "Addis Ababa"), ("Morocco", "Rabat"), ("Senegal", "Dakar"),
+    ("Uganda", "Kampala"), ("Zimbabwe", "Harare"), ("Zambia", "Lusaka"), ("Angola", "Luanda"),
+    ("Sudan", "Khartoum"), ("Mali", "Bamako"), ("Canada", "Ottawa"), ("Peru", "Lima"),
+    ("Chile", "Santiago"), ("Argentina", "Buenos Aires"), ("Colombia", "Bogota"),
+    ("Venezuela", "Caracas"), ("Cuba", "Havana"), ("Ecuador", "Quito"),
+    ("Uruguay", "Montevideo"), ("Australia", "Canberra"), ("New Zealand", "Wellington"),
+)
+
+# (singular, plural, legs)
+ANIMALS = (
+    ("spider", "spiders", 8), ("scorpion", "scorpions", 8), ("tick", "ticks", 8),
+    ("crab", "crabs", 10), ("lobster", "lobsters", 10), ("ant", "ants", 6), ("bee", "bees", 6),
+    ("beetle", "beetles", 6), ("butterfly", "butterflies", 6), ("fly", "flies", 6),
+    ("grasshopper", "grasshoppers", 6), ("dog", "dogs", 4), ("cat", "cats", 4),
+    ("horse", "horses", 4), ("cow", "cows", 4), ("goat", "goats", 4), ("pig", "pigs", 4),
+    ("lion", "lions", 4), ("tiger", "tigers", 4), ("elephant", "elephants", 4),
+    ("frog", "frogs", 4), ("bear", "bears", 4), ("chicken", "chickens", 2), ("duck", "ducks", 2),
+    ("owl", "owls", 2), ("penguin", "penguins", 2), ("ostrich", "ostriches", 2),
+    ("snake", "snakes", 0),
+)
+
+COLOUR_MIXES = (
+    ("red", "yellow", "orange"), ("blue", "yellow", "green"), ("red", "blue", "purple"),
+    ("red", "white", "pink"), ("black", "white", "grey"), ("red", "green", "brown"),
+    ("yellow", "white", "cream"), ("blue", "green", "teal"),
+)
+
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)
+
+KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec(
+            name="capital",
+            intros=("{s} is a country.", "{s} is a country with a long history.",
+                    "Here is something about {s}.", "{s} is a country many people visit.",
+                    "Let us talk about {s}."),
+            statements=("The capital of {s} is {a}.", "{a} is the capital of {s}.",
+                        "The capital city of {s} is {a}.", "{s} has its capital in {a}.",
+                        "The government of {s} sits in {a}.", "{a} is the capital city of {s}.",
+                        "In {s}, the capital is {a}.", "{s} is governed from {a}."),
+            cloze="The capital of {s} is",
+            questions=("What is the capital of {s}?", "Which city is the capital of {s}?",
+                       "Can you tell me the capital of {s}?", "Name the capital of {s}.",
+                       "Do you know the capital of {s}?", "What city is the capital of {s}?",
+                       "Where is the capital of {s}?", "Tell me the capital city of {s}."),
+            answers=("The capital of {s} is {a}.", "{a} is the capital of {s}."),
+        ),
+        KindSpec(
+            name="legs",
+            intros=("{art} {s} is an animal.", "Here is something about the {s}.",
+                    "{pl} are animals.", "Let us talk about {pl}.",
+                    "{art} {s} is a living creature."),
+            statements=("{art} {s} has {a} legs.", "{pl} have {a} legs.",
+                        "Every {s} walks on {a} legs.", "The {s} is an animal with {a} legs.",
+                        "Count the legs of {art} {s} and you get {a}.",
+                        "{art} {s} stands on {a} legs.", "{pl} are animals with {a} legs.",
+                        "The number of legs of {art} {s} is {a}."),
+            cloze="{art} {s} has",
+            questions=("How many legs does {art} {s} have?", "How many legs do {pl} have?",
+                       "What is the number of legs of {art} {s}?",
+                       "Can you tell me how many legs {art} {s} has?",
+                       "Count the legs of {art} {s} for me.",
+                       "Do you know how many legs {pl} have?",
+                       "How many legs has {art} {s} got?"),
+            answers=("{art} {s} has {a} legs.", "{pl} have {a} legs."),
+        ),
+        KindSpec(
+            name="colour_mix",
+            intros=("Here is something about mixing {x} and {y}.", "{x} and {y} are colours.",
+                    "Let us talk about {x} paint and {y} paint.",
+                    "Painters often mix {x} and {y}."),
+            statements=("Mixing {x} and {y} gives {a}.", "{x} and {y} make {a}.",
+                        "If you mix {x} paint with {y} paint, you get {a}.",
+                        "{x} mixed with {y} becomes {a}.", "Painters mix {x} and {y} to make {a}.",
+                        "The colour you get from {x} and {y} is {a}.",
+                        "Combine {x} and {y} to get {a}."),
+            cloze="Mixing {x} and {y} gives",
+            questions=("What colour do you get when you mix {x} and {y}?",
+                       "What do {x} and {y} make?", "Which colour comes from mixing {x} and {y}?",
+                       "If I mix {x} paint with {y} paint, what colour do I get?",
+                       "What is {x} mixed with {y}?", "Tell me what colour {x} and {y} make."),
+            answers=("Mixing {x} and {y} gives {a}.", "{x} and {y} make {a}."),
+        ),
+        KindSpec(
+            name="day_after",
+            intros=("{s} is a day of the week.", "Here is something about {s}.",
+                    "Let us talk about {s}.", "{s} is one of the seven days."),
+            statements=("The day after {s} is {a}.", "{a} comes after {s}.",
+                        "{s} is followed by {a}.", "After {s} comes {a}.",
+                        "The next day after {s} is {a}.", "{a} follows {s}.",
+                        "When {s} ends, {a} begins."),
+            cloze="The day after {s} is",
+            questions=("What day comes after {s}?", "Which day follows {s}?",
+                       "What is the day after {s}?", "If today is {s}, what day is tomorrow?",
+                       "Tell me the day that comes after {s}.", "What day is next after {s}?"),
+            answers=("The day after {s} is {a}.", "{a} comes after {s}."),
+        ),
+        KindSpec(
+            name="month_after",
+            intros=("{s} is a month of the year.", "Here is something about {s}.",
+                    "Let us talk about the month of {s}.", "{s} is one of the twelve months."),
+            statements=("The month after {s} is {a}.", "{a} comes after {s}.",
+                        "{s} is followed by {a}.", "After {s} comes {a}.",
+                        "The next month after {s} is {a}.", "{a} follows {s}.",
+                        "When {s} ends, {a} begins."),
+            cloze="The month after {s} is",
+            questions=("What month comes after {s}?", "Which month follows {s}?",
+                       "What is the month after {s}?",
+                       "If this month is {s}, what month is next?",
+                       "Tell me the month that comes after {s}.", "What month is next after {s}?"),
+            answers=("The month after {s} is {a}.", "{a} comes after {s}."),
+        ),
+        KindSpec(
+            name="sum",
+            intros=("Here is a sum with {x} and {y}.", "Let us add {x} and {y}.",
+                    "{x} and {y} are numbers.", "This is about adding {x} and {y}."),
+            statements=("{x} plus {y} is {a}.", "{x} plus {y} equals {a}.",
+                        "Adding {x} and {y} gives {a}.", "The sum of {x} and {y} is {a}.",
+                        "If you add {x} to {y}, you get {a}.", "{x} and {y} make {a}.",
+                        "{y} plus {x} is {a}."),
+            cloze="{x} plus {y} is",
+            questions=("What is {x} plus {y}?", "How much is {x} plus {y}?",
+                       "What do you get when you add {x} and {y}?",
+                       "What is the sum of {x} and {y}?", "Can you add {x} and {y} for me?",
+                       "Tell me what {x} plus {y} equals."),
+            answers=("{x} plus {y} is {a}.", "The sum of {x} and {y} is {a}."),
+        ),
+    )
+}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _slots(**kw: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(kw.items()))
+
+
+def all_facts() -> list[Fact]:
+    """Every fact of the world, in a fixed order (kind, then table order)."""
+    facts = [Fact("capital", c, a) for c, a in CAPITALS]
+    facts += [Fact("legs", s, str(n), _slots(pl=p, art=_article(s))) for s, p, n in ANIMALS]
+    facts += [Fact("colour_mix", f"{x} and {y}", a, _slots(x=x, y=y)) for x, y, a in COLOUR_MIXES]
+    facts += [Fact("day_after", d, DAYS[(i + 1) % 7]) for i, d in enumerate(DAYS)]
+    facts += [Fact("month_after", m, MONTHS[(i + 1) % 12]) for i, m in enumerate(MONTHS)]
+    facts += [
+        Fact("sum", f"{x} plus {y}", str(x + y), _slots(x=str(x), y=str(y)))
+        for x in range(1, 10)
+        for y in range(x, 10)
+    ]
+    return facts
+
+
+def split_facts(facts: list[Fact], seed: int) -> dict[str, str]:
+    """Assign each fact to ``"sft"`` or ``"heldout"``.
+
+    Per kind, ``max(1, round(HELDOUT_FRACTION * n))`` facts chosen by a seeded shuffle are
+    held out of SFT; they still appear in the pretraining corpus, so the base model knows
+    them and SFT must generalise the answer form to them.
+
+    Returns a mapping fact id -> split name.
+    """
+    rng = random.Random(f"{seed}:split")
+    split: dict[str, str] = {}
+    for kind in KINDS:
+        ids = [f.id for f in facts if f.kind == kind]
+        held = set(rng.sample(ids, max(1, round(HELDOUT_FRACTION * len(ids)))))
+        split.update({i: "heldout" if i in held else "sft" for i in ids})
+    return split

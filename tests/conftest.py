@@ -1,0 +1,41 @@
+"""Shared fixtures. Everything runs offline: the hub is never contacted."""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_var] = "1"
+
+import pytest  # noqa: E402
+
+from ftlab.paths import base_model_dir, data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data():
+    """The committed data folder."""
+    return data_dir()
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    """(model, tokenizer) of the committed embedded base model, loaded once."""
+    from ftlab.models import load_base_model
+
+    return load_base_model(base_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model):
+    return base_model[1]
+
+
+@pytest.fixture(scope="session")
+def fresh_world(tmp_path_factory):
+    """A world built from scratch into a temporary folder (seed 0)."""
+    from ftlab.world.build import build_world
+
+    out = tmp_path_factory.mktemp("world")
+    build_world(out)
+    return out
