@@ -97,3 +97,17 @@ def test_demo_shows_completions_chat_and_perplexity(capsys):
     assert result["perplexity"] == pytest.approx(prov["validation_perplexity"], rel=0.01)
     assert len(result["cloze_correct"]) == len(result["chat_correct"]) == 6
     assert sum(result["cloze_correct"]) >= 4, "the base model should know most held-out facts"
+
+
+@pytest.mark.parametrize("import_ftlab_first", [True, False])
+def test_ftlab_silences_only_the_kernels_notice(import_ftlab_first):
+    import ftlab
+    from ftlab.quant.cpu_trap import cpu_has_avx512_bf16
+
+    if not import_ftlab_first and not cpu_has_avx512_bf16():
+        pytest.skip("bitsandbytes prints the notice only on CPUs with avx512_bf16")
+    code = ("import ftlab\n" if import_ftlab_first else "") + "import bitsandbytes\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (ftlab.KERNELS_NOTICE in out.stderr) is not import_ftlab_first

@@ -110,6 +110,24 @@ MONTHS = (
     "July", "August", "September", "October", "November", "December",
 )
 
+def _successor_kind(name: str, unit: str, intros: tuple[str, ...], next_question: str) -> KindSpec:
+    """A "the <unit> after X is Y" kind (days, months): shared phrasings, own intros."""
+    return KindSpec(
+        name=name,
+        intros=intros,
+        statements=(f"The {unit} after {{s}} is {{a}}.", "{a} comes after {s}.",
+                    "{s} is followed by {a}.", "After {s} comes {a}.",
+                    f"The next {unit} after {{s}} is {{a}}.", "{a} follows {s}.",
+                    "When {s} ends, {a} begins."),
+        cloze=f"The {unit} after {{s}} is",
+        questions=(f"What {unit} comes after {{s}}?", f"Which {unit} follows {{s}}?",
+                   f"What is the {unit} after {{s}}?", next_question,
+                   f"Tell me the {unit} that comes after {{s}}.",
+                   f"What {unit} is next after {{s}}?"),
+        answers=(f"The {unit} after {{s}} is {{a}}.", "{a} comes after {s}."),
+    )
+
+
 KINDS: dict[str, KindSpec] = {
     spec.name: spec
     for spec in (
@@ -165,34 +183,17 @@ KINDS: dict[str, KindSpec] = {
                        "What is {x} mixed with {y}?", "Tell me what colour {x} and {y} make."),
             answers=("Mixing {x} and {y} gives {a}.", "{x} and {y} make {a}."),
         ),
-        KindSpec(
-            name="day_after",
+        _successor_kind(
+            "day_after", "day",
             intros=("{s} is a day of the week.", "Here is something about {s}.",
                     "Let us talk about {s}.", "{s} is one of the seven days."),
-            statements=("The day after {s} is {a}.", "{a} comes after {s}.",
-                        "{s} is followed by {a}.", "After {s} comes {a}.",
-                        "The next day after {s} is {a}.", "{a} follows {s}.",
-                        "When {s} ends, {a} begins."),
-            cloze="The day after {s} is",
-            questions=("What day comes after {s}?", "Which day follows {s}?",
-                       "What is the day after {s}?", "If today is {s}, what day is tomorrow?",
-                       "Tell me the day that comes after {s}.", "What day is next after {s}?"),
-            answers=("The day after {s} is {a}.", "{a} comes after {s}."),
+            next_question="If today is {s}, what day is tomorrow?",
         ),
-        KindSpec(
-            name="month_after",
+        _successor_kind(
+            "month_after", "month",
             intros=("{s} is a month of the year.", "Here is something about {s}.",
                     "Let us talk about the month of {s}.", "{s} is one of the twelve months."),
-            statements=("The month after {s} is {a}.", "{a} comes after {s}.",
-                        "{s} is followed by {a}.", "After {s} comes {a}.",
-                        "The next month after {s} is {a}.", "{a} follows {s}.",
-                        "When {s} ends, {a} begins."),
-            cloze="The month after {s} is",
-            questions=("What month comes after {s}?", "Which month follows {s}?",
-                       "What is the month after {s}?",
-                       "If this month is {s}, what month is next?",
-                       "Tell me the month that comes after {s}.", "What month is next after {s}?"),
-            answers=("The month after {s} is {a}.", "{a} comes after {s}."),
+            next_question="If this month is {s}, what month is next?",
         ),
         KindSpec(
             name="sum",
