@@ -84,6 +84,35 @@ def _cmd_config_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_course_release(args: argparse.Namespace) -> int:
+    from ftlab.course.release import release
+
+    regions = release(args.project, args.out, force=args.force)
+    print(f"learner edition written to {args.out}: {len(regions)} solution regions stubbed")
+    return 0
+
+
+def _cmd_course_grade(args: argparse.Namespace) -> int:
+    from ftlab.course.grade import grade, render_markdown
+
+    grades = grade(args.project, args.out)
+    print(render_markdown(grades), end="")
+    print(f"written: {(args.out or args.project) / 'grades.md'} and grades.json")
+    return 0
+
+
+def _cmd_course_verify(args: argparse.Namespace) -> int:
+    from ftlab.course.verify import verify
+
+    report = verify(args.project, jobs=args.jobs)
+    for note in report.notes:
+        print(f"note: {note}")
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    print("course verify: " + ("OK" if report.ok else f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``ftlab`` subcommand."""
     from ftlab.world.build import DEFAULT_SEED
@@ -131,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config_check)
     p = config.add_parser("defaults", help="print every default as a markdown table")
     p.set_defaults(func=_cmd_config_defaults)
+    course = sub.add_parser("course", help="learner edition, grading, grader checks").add_subparsers(
+        dest="course_command", required=True, metavar="ACTION")
+    p = course.add_parser("release", help="write the learner edition (regions stubbed) into OUT")
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("--project", type=Path, default=Path("."), help="reference project (default: .)")
+    p.add_argument("--force", action="store_true", help="replace the contents of a non-empty OUT")
+    p.set_defaults(func=_cmd_course_release)
+    p = course.add_parser("grade", help="run the milestone suites; write grades.md and grades.json")
+    p.add_argument("project", type=Path, nargs="?", default=Path("."), metavar="PROJECT")
+    p.add_argument("--out", type=Path, default=None, help="folder for the grade files (default: PROJECT)")
+    p.set_defaults(func=_cmd_course_grade)
+    p = course.add_parser("verify", help="prove the graders grade: reference, learner edition, "
+                                         "mutants, leaks, wrong answers")
+    p.add_argument("--project", type=Path, default=Path("."))
+    p.add_argument("--jobs", type=int, default=2, help="mutants run at a time (default: 2)")
+    p.set_defaults(func=_cmd_course_verify)
     return parser
 
 

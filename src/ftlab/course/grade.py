@@ -1,0 +1,99 @@
+"""``ftlab course grade [PROJECT]``: run the milestone suites, write grades.md and grades.json.
+
+A task passes when every one of its tests passes (skipped tests do not count) and is worth
+:data:`POINTS_PER_TASK`. Tasks with a solution region but no test are listed as ungraded
+and worth nothing.
+Tests without a task in their name check given infrastructure and are reported apart.
+Failing tasks are the normal outcome of grading, not an error; only a run that breaks
+(collection error, no tests, interruption) raises :class:`GradingError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from ftlab.course.release import graded_tasks
+from ftlab.course.runner import run_suite
+from ftlab.course.tasks import milestone_of, sort_key
+from ftlab.errors import FtlabError
+
+POINTS_PER_TASK = 1
+
+
+class GradingError(FtlabError):
+    """The suites could not be run to a verdict."""
+
+
+def summarize(records: list[dict], region_tasks: set[str]) -> dict:
+    """Grades from per-test records (see :mod:`ftlab.course.plugin`)."""
+    tests: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["task"]:
+            tests[r["task"]].append(r)
+    milestones: dict[str, dict] = {}
+    for task in sorted(set(tests) | region_tasks, key=sort_key):
+        counted = [r for r in tests.get(task, []) if r["outcome"] != "skipped"]
+        failed = [r for r in counted if r["outcome"] == "failed"]
+        status = "ungraded" if not counted else ("fail" if failed else "pass")
+        m = milestones.setdefault(milestone_of(task),
+                                  {"points": 0, "max_points": 0, "tasks": {}})
+        points = POINTS_PER_TASK if status == "pass" else 0
+        worth = 0 if status == "ungraded" else POINTS_PER_TASK
+        m["tasks"][task] = {
+            "status": status, "points": points, "max_points": worth,
+            "tests": len(counted), "failed": len(failed),
+            "first_failure": failed[0]["message"].splitlines()[0] if failed else "",
+            "first_failing_test": failed[0]["nodeid"] if failed else "",
+        }
+        m["points"] += points
+        m["max_points"] += worth
+    given = [r for r in records if not r["task"]]
+    return {
+        "points": sum(m["points"] for m in milestones.values()),
+        "max_points": sum(m["max_points"] for m in milestones.values()),
+        "milestones": milestones,
+        "infrastructure": {
+            "passed": sum(r["outcome"] == "passed" for r in given),
+            "failed": [{"test": r["nodeid"], "message": r["message"].splitlines()[0]}
+                       for r in given if r["outcome"] == "failed"],
+        },
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(grades: dict) -> str:
+    """grades.md: totals, then one row per task."""
+    lines = [f"# Grades: {grades['points']}/{grades['max_points']} points", "",
+             "| milestone | task | result | points | first failure |", "|---|---|---|---|---|"]
+    for name, m in grades["milestones"].items():
+        for task, t in m["tasks"].items():
+            lines.append(f"| {name} ({m['points']}/{m['max_points']}) | {task} | {t['status']} | "
+                         f"{t['points']}/{t['max_points']} | {_cell(t['first_failure'])} |")
+    infra = grades["infrastructure"]
+    lines += ["", f"Given infrastructure: {infra['passed']} tests passed, "
+                  f"{len(infra['failed'])} failed."]
+    lines += [f"- `{f['test']}`: {_cell(f['message'])}" for f in infra["failed"]]
+    return "\n".join(lines) + "\n"
+
+
+def grade(project: Path, out: Path | None = None) -> dict:
+    """Grade the project at ``project``; write grades.md/.json into ``out`` (default: project)."""
+    project = project.resolve()
+    if not (project / "milestones").is_dir():
+        raise GradingError(f"{project}: no milestones/ folder; is this an ftlab project?")
+    region_tasks = graded_tasks(project)
+    run = run_suite(project)
+    if run.broken:
+        tail = "\n".join(run.output.strip().splitlines()[-15:])
+        raise GradingError(f"pytest could not grade {project} ({run.broken}):\n{tail}")
+    grades = summarize(run.records, region_tasks)
+    out = out or project
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grades.json").write_text(json.dumps(grades, indent=1) + "\n")
+    (out / "grades.md").write_text(render_markdown(grades))
+    return grades

@@ -1,0 +1,139 @@
+"""``ftlab course release OUT``: write the learner edition of the project.
+
+The learner edition is a complete project: ``src/`` with every solution region replaced by
+its stub (all other bytes identical), notebooks with outputs cleared and solution regions
+stubbed, ``course.json`` (the task list), ``milestones/``, ``data/``, ``configs/``, ``pyproject.toml`` (tests folder dropped
+from ``testpaths``), ``constraints.txt``, ``LICENSE`` and a learner README. Maintainer tests,
+CI, benchmarks and the wrong-answer catalogue stay behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from ftlab.course.regions import Region, find_regions, stub_text
+from ftlab.course.tasks import notebook_of, sort_key
+from ftlab.errors import FtlabError
+
+COPIED = ("src", "notebooks", "milestones", "data", "configs", "pyproject.toml",
+          "constraints.txt", "LICENSE")
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info",
+                                 ".pytest_cache", ".base_model-*")
+MANIFEST = "course.json"
+"""The learner edition's list of tasks (the regions are gone from its sources)."""
+TESTPATHS = ('testpaths = ["tests", "milestones"]', 'testpaths = ["milestones"]')
+
+
+class ReleaseError(FtlabError):
+    """The learner edition cannot be written where asked."""
+
+
+def _check_out(root: Path, out: Path, force: bool) -> None:
+    root, out = root.resolve(), out.resolve()
+    if out == root or root.is_relative_to(out):
+        raise ReleaseError(f"{out}: is the project or contains it; choose a separate folder")
+    for item in COPIED:
+        if out.is_relative_to(root / item):
+            raise ReleaseError(f"{out}: lies inside {item}/, which the release copies")
+    if out.exists() and not out.is_dir():
+        raise ReleaseError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ReleaseError(f"{out}: not empty; pass --force to replace its contents")
+
+
+def _clear_out(out: Path) -> None:
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    by_cell = defaultdict(list)
+    for region in regions:
+        by_cell[region.cell].append(region)
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        cell["outputs"], cell["execution_count"] = [], None
+        if index in by_cell:
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            cell["source"] = stub_text(source, by_cell[index]).splitlines(keepends=True)
+    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def learner_readme(regions: list[Region]) -> str:
+    """The learner edition's README: how to work, and the tasks by milestone."""
+    lines = [
+        "# ftlab — learner edition", "",
+        "You build LLM fine-tuning yourself: each task is a function in `src/ftlab/` that",
+        "raises `NotImplementedError` naming its task id and notebook.", "",
+        "## Set up (once)", "", "```bash",
+        "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && "
+        ".venv/bin/pip install -c constraints.txt -e .",
+        "```", "",
+        "## Work", "",
+        "1. Start JupyterLab: `.venv/bin/jupyter lab`, open the milestone's notebook in "
+        "`notebooks/` and read it top to bottom.",
+        "2. Implement the task where the notebook points you (search `src/ftlab/` for its id).",
+        "3. Check a milestone: `.venv/bin/python -m pytest milestones/ -m m1` (m1 … m5, capstone).",
+        "4. Read the progress table printed at the end: tasks passed per milestone. A failing",
+        "   check says which task, what was expected, what came back and the likely cause.", "",
+        "## Tasks", "",
+    ]
+    for region in sorted(regions, key=lambda r: sort_key(r.task)):
+        lines.append(f"- **{region.task}** `{region.qualname}` in `{region.path}` "
+                     f"({notebook_of(region.task)})")
+    return "\n".join(lines) + "\n"
+
+
+def release(root: Path, out: Path, force: bool = False) -> list[Region]:
+    """Write the learner edition of the project at ``root`` into ``out``.
+
+    Refuses a non-empty ``out`` unless ``force`` (then its contents are replaced), an ``out``
+    that is or contains the project, or one inside a copied folder. Writes nothing outside
+    ``out``. Returns the regions stubbed.
+    """
+    regions = find_regions(root)
+    _check_out(root, out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_out(out)
+    for item in COPIED:
+        src = root / item
+        if src.is_dir():
+            shutil.copytree(src, out / item, ignore=IGNORED)
+        elif src.is_file():
+            shutil.copy2(src, out / item)
+    by_path = defaultdict(list)
+    for region in regions:
+        by_path[region.path].append(region)
+    for rel, file_regions in by_path.items():
+        if rel.endswith(".ipynb"):
+            continue
+        text = (root / rel).read_bytes().decode("utf-8")  # bytes: keep CRLF as it is
+        (out / rel).write_bytes(stub_text(text, file_regions).encode("utf-8"))
+    for nb in sorted((root / "notebooks").glob("*.ipynb")) if (root / "notebooks").is_dir() else []:
+        rel = nb.relative_to(root).as_posix()
+        _release_notebook(nb, out / rel, by_path.get(rel, []))
+    pyproject = out / "pyproject.toml"
+    if pyproject.is_file():
+        pyproject.write_text(pyproject.read_text().replace(*TESTPATHS))
+    (out / "README.md").write_text(learner_readme(regions), encoding="utf-8")
+    manifest = [{"task": r.task, "qualname": r.qualname, "path": r.path,
+                 "notebook": notebook_of(r.task), "graded": r.cell is None}
+                for r in sorted(regions, key=lambda r: sort_key(r.task))]
+    (out / MANIFEST).write_text(json.dumps({"tasks": manifest}, indent=1) + "\n")
+    return regions
+
+
+def graded_tasks(project: Path) -> set[str]:
+    """Tasks a project must grade: its code regions, or a learner edition's manifest."""
+    manifest = project / MANIFEST
+    if manifest.is_file():
+        return {t["task"] for t in json.loads(manifest.read_text())["tasks"] if t["graded"]}
+    return {r.task for r in find_regions(project) if r.cell is None}

@@ -1,0 +1,234 @@
+"""``ftlab course verify``: proof that the graders grade.
+
+(a) the reference passes every milestone test, and each task-named test carries its
+    milestone's marker;
+(b) in a fresh learner edition every task's tests fail naming a task id, and tests of
+    given infrastructure pass;
+(c) mutation: with any single region stubbed alone, a test of its milestone fails
+    (otherwise the region is listed as ungraded);
+(d) no line of solution text appears in the learner edition;
+(e) every catalogued wrong answer makes a check of its task fail with a message that
+    names the task and the cause.
+
+Mutants run in private workspaces (a copy of ``src/``, links to everything else), only
+their milestone's tests, ``jobs`` at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ftlab.course.regions import Region, course_files, find_regions, notebook_cells
+from ftlab.course.release import release
+from ftlab.course.runner import SuiteRun, run_suite
+from ftlab.course.tasks import mentioned_tasks, milestone_of
+from ftlab.course.wrong import WrongAnswer, load_catalogue
+
+LINKED = ("milestones", "data", "configs", "notebooks", "pyproject.toml")
+MIN_LEAK_CHARS = 12
+"""Solution lines shorter than this (``return x``) are too generic to count as leaks."""
+
+
+@dataclass
+class Report:
+    """Findings of a verification: ``problems`` fail it, ``notes`` inform."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """The reference with one region's lines replaced by ``lines``."""
+
+    region: Region
+    lines: list[str]
+    wrong: WrongAnswer | None = None
+
+
+def _check_reference(run: SuiteRun, report: Report) -> None:
+    for r in run.records:
+        if r["outcome"] == "failed":
+            report.problems.append(f"(a) reference fails {r['nodeid']}: {r['message']}")
+        if r["task"] and milestone_of(r["task"]) not in r["markers"]:
+            report.problems.append(f"(a) {r['nodeid']} checks {r['task']} but lacks the "
+                                   f"'{milestone_of(r['task'])}' marker")
+
+
+def _check_learner(run: SuiteRun, regions: list[Region], report: Report) -> None:
+    graded = set()
+    for r in run.records:
+        if not r["task"]:
+            if r["outcome"] == "failed":
+                report.problems.append(f"(b) given infrastructure fails in the learner edition: "
+                                       f"{r['nodeid']}: {r['message']}")
+            continue
+        graded.add(r["task"])
+        named = mentioned_tasks(r["message"])
+        if r["outcome"] != "failed":
+            report.problems.append(f"(b) {r['nodeid']} {r['outcome']} in the learner edition; "
+                                   f"it must fail until {r['task']} is implemented")
+        elif not named:
+            report.problems.append(f"(b) {r['nodeid']} fails without naming a task: "
+                                   f"{r['message']}")
+        elif r["task"] not in named:
+            report.notes.append(f"(b) {r['nodeid']} fails first on the stub of "
+                                f"{', '.join(sorted(named))} (it depends on it)")
+    for region in regions:
+        if region.task not in graded:
+            report.problems.append(f"(b) {region.task} ({region.where}) has no test in "
+                                   "milestones/ (name one test_<m>_<n>_...)")
+
+
+def _solution_lines(root: Path, regions: list[Region]) -> set[str]:
+    """Distinctive stripped lines of solution text (absent from the given code)."""
+    inside: set[str] = set()
+    outside: set[str] = set()
+    spans: dict[tuple[str, int | None], list[Region]] = {}
+    for region in regions:
+        spans.setdefault((region.path, region.cell), []).append(region)
+    for file in course_files(root):
+        rel = file.relative_to(root).as_posix()
+        texts = ([(None, file.read_bytes().decode("utf-8"))] if file.suffix == ".py"
+                 else notebook_cells(file))
+        for cell, text in texts:
+            ranges = [(r.begin, r.end) for r in spans.get((rel, cell), [])]
+            for n, line in enumerate(text.splitlines(), 1):
+                target = inside if any(b < n < e for b, e in ranges) else outside
+                target.add(line.strip())
+    return {line for line in inside - outside if len(line) >= MIN_LEAK_CHARS}
+
+
+def _check_leaks(root: Path, learner: Path, regions: list[Region], report: Report) -> None:
+    secret = _solution_lines(root, regions)
+    for file in sorted(p for p in learner.rglob("*") if p.is_file()):
+        if file.suffix not in {".py", ".ipynb", ".md", ".txt", ".toml", ".yaml", ".json"}:
+            continue
+        try:
+            lines = {line.strip() for line in file.read_text(encoding="utf-8").splitlines()}
+        except UnicodeDecodeError:
+            continue
+        for leaked in sorted(secret & lines):
+            report.problems.append(f"(d) solution text in {file.relative_to(learner)}: {leaked!r}")
+
+
+def _workspace(root: Path, into: Path) -> Path:
+    into.mkdir(parents=True)
+    shutil.copytree(root / "src", into / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in LINKED:
+        if (root / name).exists():
+            (into / name).symlink_to(root / name)
+    return into
+
+
+def _apply(workspace: Path, root: Path, mutant: Mutant) -> Path:
+    region = mutant.region
+    path = workspace / region.path
+    original = (root / region.path).read_bytes().decode("utf-8")
+    lines = original.splitlines(keepends=True)
+    newline = lines[region.end - 1][len(lines[region.end - 1].rstrip("\r\n")):]
+    lines[region.begin - 1 : region.end] = [line + newline for line in mutant.lines]
+    path.write_bytes("".join(lines).encode("utf-8"))
+    return path
+
+
+def _run_mutants(root: Path, mutants: list[Mutant], jobs: int, progress: bool) -> list[SuiteRun]:
+    results: list[SuiteRun | None] = [None] * len(mutants)
+    bar = tqdm(total=len(mutants), desc="mutants", disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="ftlab-verify-") as tmp:
+        def worker(k: int) -> None:
+            ws = _workspace(root, Path(tmp) / f"ws{k}")
+            for i in range(k, len(mutants), jobs):
+                mutant = mutants[i]
+                path = _apply(ws, root, mutant)
+                try:
+                    results[i] = run_suite(ws, ["-m", milestone_of(mutant.region.task)])
+                finally:
+                    shutil.copy2(root / mutant.region.path, path)
+                bar.update()
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(worker, range(min(jobs, len(mutants)))))
+    bar.close()
+    return results
+
+
+def _indented(code: str, indent: str) -> list[str]:
+    return [indent + line if line else line for line in textwrap.dedent(code).strip("\n").splitlines()]
+
+
+def verify(root: Path, jobs: int = 2, progress: bool = True) -> Report:
+    """Run checks (a)-(e) on the project at ``root``; see the module docstring."""
+    root = root.resolve()
+    report = Report()
+    regions = [r for r in find_regions(root) if r.cell is None]
+    reference = run_suite(root)
+    if reference.exit_code == 5 and not regions:
+        report.notes.append("no milestone tests and no solution regions yet: nothing to grade")
+        return report
+    if reference.broken:
+        report.problems.append(f"(a) pytest broke on the reference ({reference.broken}):\n"
+                               + reference.output[-2000:])
+        return report
+    _check_reference(reference, report)
+
+    with tempfile.TemporaryDirectory(prefix="ftlab-learner-") as tmp:
+        learner = Path(tmp) / "learner"
+        release(root, learner)
+        learner_run = run_suite(learner)
+        if learner_run.broken:
+            report.problems.append(f"(b) pytest broke on the learner edition "
+                                   f"({learner_run.broken}):\n" + learner_run.output[-2000:])
+        else:
+            _check_learner(learner_run, regions, report)
+        _check_leaks(root, learner, find_regions(root), report)
+
+    by_task = {r.task: r for r in regions}
+    catalogue = load_catalogue(root)
+    mutants = [Mutant(r, [r.stub_line()]) for r in regions]
+    for wrong in catalogue:
+        if wrong.task not in by_task:
+            report.problems.append(f"(e) wrong answer '{wrong.label}' names {wrong.task}, "
+                                   "which has no solution region")
+            continue
+        region = by_task[wrong.task]
+        mutants.append(Mutant(region, _indented(wrong.code, region.indent), wrong))
+    runs = _run_mutants(root, mutants, jobs, progress)
+    for mutant, run in zip(mutants, runs):
+        task = mutant.region.task
+        failed = [r for r in run.records if r["outcome"] == "failed"]
+        label = mutant.wrong.label if mutant.wrong else "stub"
+        if run.broken:
+            report.problems.append(f"{task} {label}: pytest broke ({run.broken})")
+        elif mutant.wrong is None:
+            if not failed:
+                report.problems.append(f"(c) ungraded region {task} at {mutant.region.where}: "
+                                       f"with it stubbed, every {milestone_of(task)} test passes")
+        else:
+            _judge_wrong(mutant.wrong, failed, report)
+    report.notes.append(f"{len(regions)} regions, {len(catalogue)} wrong answers checked")
+    return report
+
+
+def _judge_wrong(wrong: WrongAnswer, failed: list[dict], report: Report) -> None:
+    teaching = [r for r in failed if wrong.task in mentioned_tasks(r["message"])
+                and all(p.lower() in r["message"].lower() for p in wrong.message_contains)]
+    if not failed:
+        report.problems.append(f"(e) uncaught wrong answer for {wrong.task}: '{wrong.label}' "
+                               "passes every check")
+    elif not teaching:
+        report.problems.append(
+            f"(e) wrong answer for {wrong.task} '{wrong.label}' fails, but no message names "
+            f"{wrong.task} and {list(wrong.message_contains)}; first: {failed[0]['message']}")

@@ -1,0 +1,296 @@
+"""Course mechanics on a fixture course (tests/fixtures/course), independent of the real milestones.
+
+The fixture has five code regions (M1.1, M1.2, M2.1, M2.2, M2.3), one notebook region
+(M1.3), a region no test grades (M2.3) and a wrong answer its checks miss (M1.2 integer
+division): ``verify`` must report exactly those two and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftlab.cli import main
+from ftlab.course.grade import grade
+from ftlab.course.regions import RegionError, find_regions, parse_text, stub_text
+from ftlab.course.release import ReleaseError, release
+from ftlab.course.runner import run_suite
+from ftlab.course.tasks import milestone_of, sort_key, task_of_test
+from ftlab.course.teaching import expect, expect_close, teach
+from ftlab.course.verify import _check_leaks, verify
+
+FIXTURE = Path(__file__).parent / "fixtures" / "course"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def learner(tmp_path_factory):
+    out = tmp_path_factory.mktemp("editions") / "learner"
+    release(FIXTURE, out)
+    return out
+
+
+@pytest.fixture()
+def course(tmp_path):
+    """A private, editable copy of the fixture course."""
+    copy = tmp_path / "course"
+    shutil.copytree(FIXTURE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+# ---------------------------------------------------------------- task ids
+
+@pytest.mark.parametrize(("name", "task"), [
+    ("test_m2_2_forward_equals_dense_update", "M2.2"), ("test_m1_10_x[3]", "M1.10"),
+    ("test_c_1_logprobs", "C.1"), ("test_m2_2", "M2.2"), ("test_given_loader", None),
+    ("test_m2_loader", None), ("test_m0_1_x", None),
+])
+def test_task_of_test(name, task):
+    assert task_of_test(name) == task
+
+
+def test_milestones_and_order():
+    assert milestone_of("M3.4") == "m3" and milestone_of("C.2") == "capstone"
+    assert sorted(["C.1", "M2.10", "M2.2", "M1.1"], key=sort_key) == ["M1.1", "M2.2", "M2.10", "C.1"]
+
+
+# ---------------------------------------------------------------- parser
+
+@pytest.mark.parametrize(("text", "problem", "line"), [
+    ("### BEGIN SOLUTION M1.1\n### BEGIN SOLUTION M1.2\n### END SOLUTION\n", "nested", 2),
+    ("x = 1\n### BEGIN SOLUTION M1.1\ny = 2\n", "unterminated", 2),
+    ("### BEGIN SOLUTION\n### END SOLUTION\n", "untagged", 1),
+    ("### BEGIN SOLUTION M2\n### END SOLUTION\n", "invalid task id", 1),
+    ("x = 1\n\n### END SOLUTION\n", "without a BEGIN", 3),
+])
+def test_parser_rejects_malformed_regions_with_file_and_line(text, problem, line):
+    regions, problems = parse_text(text, "src/pkg/mod.py")
+    assert len(problems) == 1 and problem in problems[0], problems
+    assert problems[0].startswith(f"src/pkg/mod.py:{line}: ")
+
+
+def test_duplicate_task_ids_across_files_are_rejected(course):
+    (course / "src/toy/extra.py").write_text(
+        "def again():\n    ### BEGIN SOLUTION M1.1\n    return 1\n    ### END SOLUTION\n")
+    with pytest.raises(RegionError) as err:
+        find_regions(course)
+    assert str(err.value) == ("src/toy/stats.py:6: duplicate solution region M1.1 "
+                              "(also at src/toy/extra.py:2)")
+
+
+def test_regions_know_their_qualified_name_and_indentation():
+    regions = {r.task: r for r in find_regions(FIXTURE)}
+    assert regions["M2.1"].qualname == "Scaler.__init__" and regions["M2.1"].indent == " " * 8
+    assert regions["M1.1"].qualname == "total" and regions["M1.1"].indent == " " * 4
+    assert regions["M1.3"].cell == 1 and regions["M1.3"].path == "notebooks/01_data_prep.ipynb"
+    assert regions["M2.2"].stub_line() == (
+        '        raise NotImplementedError("M2.2 Scaler.apply — see notebooks/02_lora.ipynb")')
+
+
+def test_stub_keeps_every_other_byte():
+    text = "a = 1\r\n    ### BEGIN SOLUTION M1.1\r\n    b = 2\r\n    ### END SOLUTION\r\nc = 3"
+    regions, _ = parse_text(text, "m.py", fallback_name="m")
+    assert stub_text(text, regions) == (
+        'a = 1\r\n    raise NotImplementedError("M1.1 m — see notebooks/01_data_prep.ipynb")'
+        "\r\nc = 3")
+
+
+# ---------------------------------------------------------------- release
+
+def test_release_writes_a_complete_learner_project(learner):
+    assert {p.name for p in learner.iterdir()} == {
+        "src", "notebooks", "milestones", "data", "configs", "pyproject.toml", "README.md",
+        "course.json"}
+    assert 'testpaths = ["milestones"]' in (learner / "pyproject.toml").read_text()
+    readme = (learner / "README.md").read_text()
+    assert "pytest milestones/ -m m1" in readme and "jupyter lab" in readme
+    assert "progress table" in readme and "**M2.1** `Scaler.__init__`" in readme
+    tasks = json.loads((learner / "course.json").read_text())["tasks"]
+    assert [(t["task"], t["graded"]) for t in tasks] == [
+        ("M1.1", True), ("M1.2", True), ("M1.3", False), ("M2.1", True), ("M2.2", True),
+        ("M2.3", True)]
+
+
+def test_release_changes_only_the_regions(learner):
+    for rel in ("src/toy/stats.py", "src/toy/scale.py"):
+        ref = (FIXTURE / rel).read_bytes().decode()
+        out = (learner / rel).read_bytes().decode()
+        regions, _ = parse_text(ref, rel)
+        assert out == stub_text(ref, regions)
+        ref_lines, out_lines = ref.splitlines(keepends=True), out.splitlines(keepends=True)
+        assert len(ref_lines) - len(out_lines) == sum(r.end - r.begin for r in regions)
+        first = regions[0]
+        assert out_lines[: first.begin - 1] == ref_lines[: first.begin - 1]
+        assert out_lines[-3:] == ref_lines[-3:] or regions[-1].end > len(ref_lines) - 3
+    assert b"\r\n" in (learner / "src/toy/scale.py").read_bytes(), "CRLF must survive"
+    assert (learner / "src/toy/__init__.py").read_bytes() == (FIXTURE / "src/toy/__init__.py").read_bytes()
+
+
+def test_release_clears_notebook_outputs_and_stubs_solution_cells(learner):
+    nb = json.loads((learner / "notebooks/01_data_prep.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    source = "".join(code[0]["source"])
+    assert "total([1.0, 2.0, 3.0]) * 10" not in source
+    assert 'raise NotImplementedError("M1.3 your turn' in source and "print(answer)" in source
+
+
+def test_release_refuses_non_empty_out_unless_forced(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ReleaseError, match="not empty; pass --force"):
+        release(FIXTURE, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    release(FIXTURE, out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "src/toy/stats.py").is_file()
+
+
+@pytest.mark.parametrize("where", [".", "src/learner", ".."])
+def test_release_refuses_an_out_that_overlaps_the_project(course, where):
+    before = _tree_digest(course)
+    with pytest.raises(ReleaseError):
+        release(course, course / where)
+    assert _tree_digest(course) == before
+
+
+def test_release_writes_nowhere_outside_out(course, tmp_path):
+    before = _tree_digest(course)
+    siblings = set(tmp_path.iterdir())
+    release(course, tmp_path / "edition")
+    assert _tree_digest(course) == before
+    assert set(tmp_path.iterdir()) == siblings | {tmp_path / "edition"}
+
+
+# ---------------------------------------------------------------- grading
+
+def test_learner_edition_grades_every_task_failing_with_a_task_id(learner, tmp_path):
+    grades = grade(learner, tmp_path)
+    tasks = {t: v for m in grades["milestones"].values() for t, v in m["tasks"].items()}
+    assert set(tasks) == {"M1.1", "M1.2", "M2.1", "M2.2", "M2.3"}
+    for task in ("M1.1", "M1.2", "M2.1"):
+        assert tasks[task]["status"] == "fail"
+        assert tasks[task]["first_failure"].startswith(f"NotImplementedError: {task} ")
+    assert tasks["M2.2"]["status"] == "fail" and "M2.1" in tasks["M2.2"]["first_failure"]
+    assert tasks["M2.3"]["status"] == "ungraded" and tasks["M2.3"]["max_points"] == 0
+    assert grades["points"] == 0 and grades["max_points"] == 4
+    assert grades["infrastructure"] == {"passed": 1, "failed": []}
+    md = (tmp_path / "grades.md").read_text()
+    assert "| m1 (0/2) | M1.1 | fail | 0/1 | NotImplementedError: M1.1 total" in md
+    assert json.loads((tmp_path / "grades.json").read_text()) == grades
+
+
+def test_reference_grades_full_marks(tmp_path):
+    grades = grade(FIXTURE, tmp_path)
+    assert grades["points"] == grades["max_points"] == 4
+
+
+def test_grade_exits_zero_when_tasks_fail_and_non_zero_when_grading_breaks(learner, course,
+                                                                            tmp_path, capsys):
+    assert main(["course", "grade", str(learner), "--out", str(tmp_path / "g")]) == 0
+    (course / "milestones/m1_toy/test_stats.py").write_text("def broken(:\n")
+    assert main(["course", "grade", str(course), "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert "ftlab: error: pytest could not grade" in err and "Traceback" not in err
+
+
+def test_milestone_run_prints_the_progress_table(learner):
+    run = run_suite(learner, ["-m", "m1"])
+    table = run.output.split("ftlab progress")[1]
+    assert "m1        0/2 tasks   M1.1 FAIL  M1.2 FAIL" in table
+    assert "m2" not in table.split("short test summary")[0]
+
+
+# ---------------------------------------------------------------- teaching messages
+
+def test_teaching_message_names_task_expected_got_and_cause():
+    msg = teach("M2.1", "adapted equals base at init", 0, 0.42, "B must start at zero")
+    assert msg.splitlines() == ["[M2.1] adapted equals base at init", "  expected: 0",
+                                "  got:      0.42", "  likely cause: B must start at zero"]
+    with pytest.raises(AssertionError, match=r"\[M1\.1\] x"):
+        expect(False, task="M1.1", what="x", expected=1, got=2, cause="c")
+    expect(True, task="M1.1", what="x", expected=1, got=1, cause="c")
+
+
+def test_expect_close_reports_shape_and_largest_difference():
+    import torch
+
+    expect_close(torch.ones(3), torch.ones(3) + 1e-8, task="M2.2", what="y", cause="c")
+    with pytest.raises(AssertionError, match="max \\|difference\\| 0.5"):
+        expect_close(torch.tensor([1.0, 1.5]), torch.ones(2), task="M2.2", what="y", cause="c")
+    with pytest.raises(AssertionError, match=r"shape \(2, 3\)"):
+        expect_close(torch.ones(3, 2), torch.ones(2, 3), task="M2.2", what="y", cause="c")
+
+
+# ---------------------------------------------------------------- verify
+
+def test_verify_reports_the_ungraded_region_and_the_uncaught_wrong_answer():
+    report = verify(FIXTURE, progress=False)
+    assert len(report.problems) == 3, report.problems
+    assert any(p.startswith("(b) M2.3") and "has no test" in p for p in report.problems)
+    assert any(p.startswith("(c) ungraded region M2.3 at src/toy/scale.py:20")
+               for p in report.problems)
+    assert any(p.startswith("(e) uncaught wrong answer for M1.2") for p in report.problems)
+    assert any("fails first on the stub of M2.1" in n for n in report.notes)
+
+
+def test_verify_passes_a_course_whose_graders_grade(course):
+    scale = (course / "src/toy/scale.py").read_bytes().decode()
+    (course / "src/toy/scale.py").write_bytes(scale.split("\r\n\r\n\r\ndef forgotten")[0].encode()
+                                              + b"\r\n")
+    catalogue = course / "tests/wrong_answers/m1.py"
+    text = catalogue.read_text()
+    catalogue.write_text(text[: text.index("    WrongAnswer(\n        task=\"M1.2\"")] + "]\n")
+    report = verify(course, progress=False)
+    assert report.ok, report.problems
+
+
+def test_verify_reports_a_wrong_answer_caught_without_a_teaching_message(course):
+    test = course / "milestones/m1_toy/test_stats.py"
+    test.write_text(test.read_text().replace(
+        'cause="a value is skipped in the sum (check the loop bounds)"', 'cause="?"'))
+    report = verify(course, progress=False)
+    assert any(p.startswith("(e) wrong answer for M1.1 'last value skipped' fails, but no "
+                            "message names M1.1 and ['skipped']") for p in report.problems)
+
+
+def test_verify_finds_solution_text_in_the_learner_edition(course, learner, tmp_path):
+    from ftlab.course.verify import Report
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(learner, leaky)
+    with (leaky / "milestones/m1_toy/test_stats.py").open("a") as f:
+        f.write("# hint: return total(xs) / len(xs)\n")
+    with (leaky / "milestones/m1_toy/test_stats.py").open("a") as f:
+        f.write("    return total(xs) / len(xs)\n")
+    report = Report()
+    _check_leaks(course, leaky, find_regions(course), report)
+    assert report.problems == [
+        "(d) solution text in milestones/m1_toy/test_stats.py: 'return total(xs) / len(xs)'"]
+    clean = Report()
+    _check_leaks(course, learner, find_regions(course), clean)
+    assert clean.ok
+
+
+def test_reference_course_verifies():
+    """The real project: every milestone that has landed passes ``ftlab course verify``."""
+    report = verify(ROOT, progress=False)
+    assert report.ok, "\n".join(report.problems)
+
+
+def test_course_commands_have_help():
+    out = subprocess.run([sys.executable, "-m", "ftlab.cli", "course", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert all(c in out.stdout for c in ("release", "grade", "verify"))
