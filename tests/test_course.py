@@ -67,17 +67,43 @@ def test_milestones_and_order():
 
 # ---------------------------------------------------------------- parser
 
-@pytest.mark.parametrize(("text", "problem", "line"), [
-    ("### BEGIN SOLUTION M1.1\n### BEGIN SOLUTION M1.2\n### END SOLUTION\n", "nested", 2),
-    ("x = 1\n### BEGIN SOLUTION M1.1\ny = 2\n", "unterminated", 2),
-    ("### BEGIN SOLUTION\n### END SOLUTION\n", "untagged", 1),
-    ("### BEGIN SOLUTION M2\n### END SOLUTION\n", "invalid task id", 1),
-    ("x = 1\n\n### END SOLUTION\n", "without a BEGIN", 3),
+@pytest.mark.parametrize(("body", "problem", "line"), [
+    ("### BEGIN SOLUTION M1.1\n### BEGIN SOLUTION M1.2\n### END SOLUTION\n", "nested", 3),
+    ("x = 1\n### BEGIN SOLUTION M1.1\ny = 2\n", "unterminated", 3),
+    ("### BEGIN SOLUTION\n### END SOLUTION\n", "untagged", 2),
+    ("### BEGIN SOLUTION M2\n### END SOLUTION\n", "invalid task id", 2),
+    ("x = 1\n\n### END SOLUTION\n", "without a BEGIN", 4),
 ])
-def test_parser_rejects_malformed_regions_with_file_and_line(text, problem, line):
+def test_parser_rejects_malformed_regions_with_file_and_line(body, problem, line):
+    text = "def f():\n" + "".join(f"    {row}\n" if row else "\n" for row in body.splitlines())
+    text += "    pass\n"
     regions, problems = parse_text(text, "src/pkg/mod.py")
     assert len(problems) == 1 and problem in problems[0], problems
     assert problems[0].startswith(f"src/pkg/mod.py:{line}: ")
+
+
+def test_markers_in_strings_are_text_and_module_level_regions_are_rejected():
+    quoted = 'def f():\n    """Example:\n    ### BEGIN SOLUTION M1.1\n    ### END SOLUTION\n    """\n'
+    assert parse_text(quoted, "m.py") == ([], [])
+    regions, problems = parse_text("### BEGIN SOLUTION M1.1\nx = 1\n### END SOLUTION\n", "m.py")
+    assert not regions and problems == [
+        "m.py:1: solution region M1.1 is not inside a function; its stub would raise when "
+        "the module is imported"]
+
+
+def test_stub_takes_the_indentation_of_the_code_it_replaces(course, tmp_path):
+    path = course / "src/toy/stats.py"
+    path.write_text(path.read_text().replace("    ### BEGIN SOLUTION M1.2", "### BEGIN SOLUTION M1.2"))
+    release(course, tmp_path / "out")
+    assert '    raise NotImplementedError("M1.2 mean' in (tmp_path / "out/src/toy/stats.py").read_text()
+
+
+def test_release_refuses_a_stub_that_does_not_parse(course, tmp_path):
+    (course / "src/toy/bad.py").write_text(
+        "def f(x):\n    ### BEGIN SOLUTION M1.9\n    if x:\n        y = 1\n"
+        "    ### END SOLUTION\n        return y\n")
+    with pytest.raises(ReleaseError, match=r"src/toy/bad.py:3: the stubbed file does not parse"):
+        release(course, tmp_path / "out")
 
 
 def test_duplicate_task_ids_across_files_are_rejected(course):
@@ -157,7 +183,7 @@ def test_release_refuses_non_empty_out_unless_forced(tmp_path):
     assert not (out / "keep.txt").exists() and (out / "src/toy/stats.py").is_file()
 
 
-@pytest.mark.parametrize("where", [".", "src/learner", ".."])
+@pytest.mark.parametrize("where", [".", "src/learner", "..", "learner", "tests/learner"])
 def test_release_refuses_an_out_that_overlaps_the_project(course, where):
     before = _tree_digest(course)
     with pytest.raises(ReleaseError):
@@ -294,3 +320,45 @@ def test_course_commands_have_help():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert all(c in out.stdout for c in ("release", "grade", "verify"))
+
+
+def test_learner_pytest_imports_the_learners_own_src(learner):
+    pyproject = (learner / "pyproject.toml").read_text()
+    assert 'testpaths = ["milestones"]\npythonpath = ["src"]' in pyproject
+    out = subprocess.run([sys.executable, "-m", "pytest", "milestones", "-q", "-m", "m1",
+                          "-p", "no:cacheprovider"], cwd=learner, capture_output=True, text=True,
+                         timeout=300)
+    assert "NotImplementedError: M1.1 total" in out.stdout, out.stdout[-2000:]
+
+
+def test_nested_notebooks_are_stubbed_and_leaks_in_cells_are_found(course, tmp_path):
+    from ftlab.course.verify import Report
+
+    (course / "notebooks/extra").mkdir()
+    shutil.copy(course / "notebooks/01_data_prep.ipynb", course / "notebooks/extra/more.ipynb")
+    nb = json.loads((course / "notebooks/extra/more.ipynb").read_text())
+    nb["cells"][1]["source"] = [line.replace("M1.3", "M1.4") for line in nb["cells"][1]["source"]]
+    (course / "notebooks/extra/more.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "out"
+    release(course, out)
+    assert "total([1.0, 2.0, 3.0]) * 10" not in (out / "notebooks/extra/more.ipynb").read_text()
+    shutil.copy(course / "notebooks/extra/more.ipynb", out / "notebooks/leaked.ipynb")
+    report = Report()
+    _check_leaks(course, out, find_regions(course), report)
+    assert report.problems == ["(d) solution text in notebooks/leaked.ipynb: "
+                               "'answer = total([1.0, 2.0, 3.0]) * 10'"]
+
+
+def test_grade_records_results_even_without_the_conftest_plugin(course, tmp_path):
+    (course / "milestones/conftest.py").unlink()
+    grades = grade(course, tmp_path)
+    assert grades["points"] == grades["max_points"] == 4
+
+
+def test_grades_keep_the_likely_cause(course, tmp_path):
+    path = course / "src/toy/stats.py"
+    path.write_text(path.read_text().replace("for x in xs:", "for x in xs[1:]:"))
+    grades = grade(course, tmp_path)
+    task = grades["milestones"]["m1"]["tasks"]["M1.1"]
+    assert task["likely_cause"] == "a value is skipped in the sum (check the loop bounds)"
+    assert "(likely cause: a value is skipped" in (tmp_path / "grades.md").read_text()

@@ -113,6 +113,13 @@ def _cmd_course_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``ftlab`` subcommand."""
     from ftlab.world.build import DEFAULT_SEED
@@ -174,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = course.add_parser("verify", help="prove the graders grade: reference, learner edition, "
                                          "mutants, leaks, wrong answers")
     p.add_argument("--project", type=Path, default=Path("."))
-    p.add_argument("--jobs", type=int, default=2, help="mutants run at a time (default: 2)")
+    p.add_argument("--jobs", type=_positive_int, default=2, help="mutants run at a time (default: 2)")
     p.set_defaults(func=_cmd_course_verify)
     return parser
 

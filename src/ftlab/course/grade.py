@@ -26,6 +26,12 @@ class GradingError(FtlabError):
     """The suites could not be run to a verdict."""
 
 
+def _likely_cause(message: str) -> str:
+    """The "likely cause:" line of a teaching message (see ftlab.course.teaching), or ""."""
+    return next((line.split("likely cause:", 1)[1].strip() for line in message.splitlines()
+                 if "likely cause:" in line), "")
+
+
 def summarize(records: list[dict], region_tasks: set[str]) -> dict:
     """Grades from per-test records (see :mod:`ftlab.course.plugin`)."""
     tests: dict[str, list[dict]] = defaultdict(list)
@@ -45,6 +51,7 @@ def summarize(records: list[dict], region_tasks: set[str]) -> dict:
             "status": status, "points": points, "max_points": worth,
             "tests": len(counted), "failed": len(failed),
             "first_failure": failed[0]["message"].splitlines()[0] if failed else "",
+            "likely_cause": _likely_cause(failed[0]["message"]) if failed else "",
             "first_failing_test": failed[0]["nodeid"] if failed else "",
         }
         m["points"] += points
@@ -73,7 +80,9 @@ def render_markdown(grades: dict) -> str:
     for name, m in grades["milestones"].items():
         for task, t in m["tasks"].items():
             lines.append(f"| {name} ({m['points']}/{m['max_points']}) | {task} | {t['status']} | "
-                         f"{t['points']}/{t['max_points']} | {_cell(t['first_failure'])} |")
+                         f"{t['points']}/{t['max_points']} | {_cell(t['first_failure'])}"
+                         + (f" (likely cause: {_cell(t['likely_cause'])})" if t["likely_cause"] else "")
+                         + " |")
     infra = grades["infrastructure"]
     lines += ["", f"Given infrastructure: {infra['passed']} tests passed, "
                   f"{len(infra['failed'])} failed."]
@@ -86,6 +95,8 @@ def grade(project: Path, out: Path | None = None) -> dict:
     project = project.resolve()
     if not (project / "milestones").is_dir():
         raise GradingError(f"{project}: no milestones/ folder; is this an ftlab project?")
+    if out is not None and out.exists() and not out.is_dir():
+        raise GradingError(f"{out}: exists and is not a folder")
     region_tasks = graded_tasks(project)
     run = run_suite(project)
     if run.broken:

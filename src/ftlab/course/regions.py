@@ -9,8 +9,10 @@ a task id has one region in the whole project. Violations raise :class:`RegionEr
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +54,7 @@ class Region:
                 f'— see {notebook_of(self.task)}")')
 
 
-def _qualname(source: str, line: int, fallback: str) -> str:
+def _qualname(source: str, line: int, fallback: str | None) -> str | None:
     """Dotted name of the innermost function or class enclosing ``line``."""
     try:
         tree = ast.parse(source)
@@ -72,13 +74,34 @@ def _qualname(source: str, line: int, fallback: str) -> str:
     return ".".join(best) or fallback
 
 
+def _comment_lines(text: str) -> set[int] | None:
+    """Line numbers holding a comment token (so not inside a string); None if untokenizable."""
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+        return {t.start[0] for t in tokens if t.type == tokenize.COMMENT}
+    except (tokenize.TokenError, SyntaxError):
+        return None
+
+
 def parse_text(text: str, path: str, cell: int | None = None,
-               fallback_name: str = "your turn") -> tuple[list[Region], list[str]]:
-    """Regions of one text and the problems found (``file:line: ...`` strings)."""
+               fallback_name: str | None = None) -> tuple[list[Region], list[str]]:
+    """Regions of one text and the problems found (``file:line: ...`` strings).
+
+    Only marker lines that are comments count (a marker quoted in a string or docstring is
+    text). In a ``.py`` file (``cell`` None) a region must sit inside a function: with no
+    ``fallback_name`` a module-level region is a problem, since its stub would raise on
+    import. Notebook regions are named "your turn".
+    """
     regions, problems = [], []
     where = f"{path} cell {cell}" if cell is not None else path
+    comments = _comment_lines(text)
+    lines = text.splitlines()
+    if comments is not None and len(lines) > len(text.split("\n")):
+        comments = None  # exotic line breaks: tokenize and splitlines disagree on numbering
     open_at: tuple[int, str, str | None] | None = None
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(lines, 1):
+        if comments is not None and n not in comments:
+            continue
         begin = BEGIN.match(line)
         if begin:
             task = begin.group("task")
@@ -97,9 +120,16 @@ def parse_text(text: str, path: str, cell: int | None = None,
                 problems.append(f"{where}:{n}: '### END SOLUTION' without a BEGIN")
                 continue
             start, indent, task = open_at
+            body = [b for b in lines[start : n - 1] if b.strip()]
+            if body:  # the stub takes the indentation of the code it replaces
+                indent = body[0][: len(body[0]) - len(body[0].lstrip())]
             if task is not None and TASK_ID.match(task):
-                name = _qualname(text, start, fallback_name) if cell is None else fallback_name
-                regions.append(Region(task, path, start, n, indent, name, cell))
+                name = "your turn" if cell is not None else _qualname(text, start, fallback_name)
+                if name is None:
+                    problems.append(f"{where}:{start}: solution region {task} is not inside a "
+                                    "function; its stub would raise when the module is imported")
+                else:
+                    regions.append(Region(task, path, start, n, indent, name, cell))
             open_at = None
     if open_at is not None:
         problems.append(f"{where}:{open_at[0]}: unterminated solution region (no "
@@ -112,21 +142,33 @@ def stub_text(text: str, regions: list[Region]) -> str:
     lines = text.splitlines(keepends=True)
     for region in sorted(regions, key=lambda r: r.begin, reverse=True):
         last = lines[region.end - 1]
-        newline = last[len(last.rstrip("\r\n")):] or ""
+        newline = last[len(last.rstrip("\r\n")):] or ""  # a region ending the file keeps none
         lines[region.begin - 1 : region.end] = [region.stub_line() + newline]
     return "".join(lines)
 
 
+def read_source(path: Path) -> str:
+    """A course file's text (bytes decoded, line endings kept); RegionError if not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RegionError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+
+
 def notebook_cells(path: Path) -> list[tuple[int, str]]:
-    """(index, source) of each code cell of a notebook."""
-    nb = json.loads(path.read_text(encoding="utf-8"))
+    """(index, source) of each code cell of a notebook; RegionError if it is not one."""
+    try:
+        nb = json.loads(read_source(path))
+        cells = nb["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RegionError(f"{path}: not a readable notebook ({e})") from None
     return [(i, "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-            for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+            for i, c in enumerate(cells) if c.get("cell_type") == "code"]
 
 
 def course_files(root: Path) -> list[Path]:
-    """Files that may hold regions: ``src/**/*.py`` and ``notebooks/*.ipynb``."""
-    files = sorted((root / "src").rglob("*.py")) + sorted((root / "notebooks").glob("*.ipynb"))
+    """Files that may hold regions: ``src/**/*.py`` and ``notebooks/**/*.ipynb``."""
+    files = sorted((root / "src").rglob("*.py")) + sorted((root / "notebooks").rglob("*.ipynb"))
     return [f for f in files if "__pycache__" not in f.parts and ".ipynb_checkpoints" not in f.parts]
 
 
@@ -136,8 +178,7 @@ def find_regions(root: Path) -> list[Region]:
     for file in course_files(root):
         rel = file.relative_to(root).as_posix()
         if file.suffix == ".py":
-            found, bad = parse_text(file.read_bytes().decode("utf-8"), rel,
-                                    fallback_name=file.stem)
+            found, bad = parse_text(read_source(file), rel)
         else:
             found, bad = [], []
             for index, source in notebook_cells(file):

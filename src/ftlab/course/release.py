@@ -9,6 +9,7 @@ CI, benchmarks and the wrong-answer catalogue stay behind.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from collections import defaultdict
@@ -21,25 +22,34 @@ from ftlab.errors import FtlabError
 COPIED = ("src", "notebooks", "milestones", "data", "configs", "pyproject.toml",
           "constraints.txt", "LICENSE")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info",
-                                 ".pytest_cache", ".base_model-*")
+                                 ".pytest_cache", ".base_model-*", "*~", ".#*", "*.orig",
+                                 "*.rej", "*.bak", "*.swp", "grades.*")
 MANIFEST = "course.json"
 """The learner edition's list of tasks (the regions are gone from its sources)."""
-TESTPATHS = ('testpaths = ["tests", "milestones"]', 'testpaths = ["milestones"]')
+TESTPATHS = ('testpaths = ["tests", "milestones"]',
+             'testpaths = ["milestones"]\npythonpath = ["src"]')
+"""The learner's pytest collects only milestones and imports the learner's own src first."""
 
 
 class ReleaseError(FtlabError):
     """The learner edition cannot be written where asked."""
 
 
+def check_project(root: Path) -> None:
+    """Raise unless ``root`` looks like a course project (``src/`` and ``milestones/``)."""
+    missing = [d for d in ("src", "milestones") if not (root / d).is_dir()]
+    if missing:
+        raise ReleaseError(f"{root}: not a course project (missing {', '.join(d + '/' for d in missing)})")
+
+
 def _check_out(root: Path, out: Path, force: bool) -> None:
     root, out = root.resolve(), out.resolve()
-    if out == root or root.is_relative_to(out):
-        raise ReleaseError(f"{out}: is the project or contains it; choose a separate folder")
-    for item in COPIED:
-        if out.is_relative_to(root / item):
-            raise ReleaseError(f"{out}: lies inside {item}/, which the release copies")
-    if out.exists() and not out.is_dir():
-        raise ReleaseError(f"{out}: exists and is not a folder")
+    if out == root or root.is_relative_to(out) or out.is_relative_to(root):
+        raise ReleaseError(f"{out}: overlaps the project {root}; write the learner edition "
+                           "outside it")
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ReleaseError(f"{parent}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ReleaseError(f"{out}: not empty; pass --force to replace its contents")
 
@@ -80,7 +90,7 @@ def learner_readme(regions: list[Region]) -> str:
         "## Work", "",
         "1. Start JupyterLab: `.venv/bin/jupyter lab`, open the milestone's notebook in "
         "`notebooks/` and read it top to bottom.",
-        "2. Implement the task where the notebook points you (search `src/ftlab/` for its id).",
+        "2. Implement the task where the notebook points you (search `src/` for its id).",
         "3. Check a milestone: `.venv/bin/python -m pytest milestones/ -m m1` (m1 … m5, capstone).",
         "4. Read the progress table printed at the end: tasks passed per milestone. A failing",
         "   check says which task, what was expected, what came back and the likely cause.", "",
@@ -99,6 +109,7 @@ def release(root: Path, out: Path, force: bool = False) -> list[Region]:
     that is or contains the project, or one inside a copied folder. Writes nothing outside
     ``out``. Returns the regions stubbed.
     """
+    check_project(root)
     regions = find_regions(root)
     _check_out(root, out, force)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,13 +127,23 @@ def release(root: Path, out: Path, force: bool = False) -> list[Region]:
         if rel.endswith(".ipynb"):
             continue
         text = (root / rel).read_bytes().decode("utf-8")  # bytes: keep CRLF as it is
-        (out / rel).write_bytes(stub_text(text, file_regions).encode("utf-8"))
-    for nb in sorted((root / "notebooks").glob("*.ipynb")) if (root / "notebooks").is_dir() else []:
+        stubbed = stub_text(text, file_regions)
+        try:
+            ast.parse(stubbed)
+        except SyntaxError as e:
+            raise ReleaseError(f"{rel}:{e.lineno}: the stubbed file does not parse ({e.msg}); "
+                               "indent each BEGIN marker like the code it replaces") from None
+        (out / rel).write_bytes(stubbed.encode("utf-8"))
+    for nb in sorted((root / "notebooks").rglob("*.ipynb")) if (root / "notebooks").is_dir() else []:
         rel = nb.relative_to(root).as_posix()
         _release_notebook(nb, out / rel, by_path.get(rel, []))
     pyproject = out / "pyproject.toml"
     if pyproject.is_file():
-        pyproject.write_text(pyproject.read_text().replace(*TESTPATHS))
+        text = pyproject.read_text()
+        if TESTPATHS[0] not in text:
+            raise ReleaseError(f"{root / 'pyproject.toml'}: expected the line {TESTPATHS[0]} "
+                               "(the learner edition keeps only milestones)")
+        pyproject.write_text(text.replace(*TESTPATHS))
     (out / "README.md").write_text(learner_readme(regions), encoding="utf-8")
     manifest = [{"task": r.task, "qualname": r.qualname, "path": r.path,
                  "notebook": notebook_of(r.task), "graded": r.cell is None}

@@ -12,8 +12,12 @@ from pathlib import Path
 
 from ftlab.course.plugin import RESULTS_ENV
 
-BROKEN_EXIT_CODES = {2: "interrupted", 3: "internal error", 4: "usage error",
-                     5: "no tests collected"}
+TIMED_OUT = -1
+NO_RESULTS = -2
+
+BROKEN_EXIT_CODES = {2: "interrupted or collection error", 3: "internal error",
+                     4: "usage error", 5: "no tests collected", TIMED_OUT: "timed out",
+                     NO_RESULTS: "the ftlab.course.plugin recorded no results"}
 
 
 @dataclass
@@ -34,7 +38,9 @@ def run_suite(project: Path, args: list[str] = (), timeout: float = 1800) -> Sui
     """Run ``pytest milestones <args>`` in ``project`` with its own ``src`` first on the path.
 
     The project's ``src/`` is put first on ``PYTHONPATH`` so a learner edition imports its
-    own ``ftlab``, never the installed reference.
+    own ``ftlab``, never the installed reference; the course plugin is loaded explicitly,
+    so results are recorded even where ``milestones/conftest.py`` does not declare it.
+    A run past ``timeout`` seconds, or one that records no results, counts as broken.
     """
     with tempfile.TemporaryDirectory(prefix="ftlab-results-") as tmp:
         results = Path(tmp) / "results.json"
@@ -42,8 +48,14 @@ def run_suite(project: Path, args: list[str] = (), timeout: float = 1800) -> Sui
                "PYTHONPATH": os.pathsep.join(
                    [str(project / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         cmd = [sys.executable, "-m", "pytest", "milestones", "-q", "-p", "no:cacheprovider",
-               *args]
-        proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        records = json.loads(results.read_text()) if results.is_file() else []
+               "-p", "ftlab.course.plugin", *args]
+        try:
+            proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            return SuiteRun(TIMED_OUT, [], f"{e.stdout or ''}{e.stderr or ''}")
+        if not results.is_file():
+            code = NO_RESULTS if proc.returncode in (0, 1) else proc.returncode
+            return SuiteRun(code, [], proc.stdout + proc.stderr)
+        records = json.loads(results.read_text())
     return SuiteRun(proc.returncode, records, proc.stdout + proc.stderr)

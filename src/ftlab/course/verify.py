@@ -16,6 +16,7 @@ their milestone's tests, ``jobs`` at a time.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import textwrap
@@ -26,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ftlab.course.regions import Region, course_files, find_regions, notebook_cells
-from ftlab.course.release import release
+from ftlab.course.release import check_project, release
 from ftlab.course.runner import SuiteRun, run_suite
 from ftlab.course.tasks import mentioned_tasks, milestone_of
 from ftlab.course.wrong import WrongAnswer, load_catalogue
@@ -110,15 +111,21 @@ def _solution_lines(root: Path, regions: list[Region]) -> set[str]:
     return {line for line in inside - outside if len(line) >= MIN_LEAK_CHARS}
 
 
+def _text_lines(file: Path) -> set[str]:
+    """Stripped lines of a text file (of every cell, for a notebook); empty if binary."""
+    try:
+        if file.suffix == ".ipynb":
+            return {line.strip() for cell in json.loads(file.read_bytes())["cells"]
+                    for line in "".join(cell.get("source", "")).splitlines()}
+        return {line.strip() for line in file.read_bytes().decode("utf-8").splitlines()}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return set()
+
+
 def _check_leaks(root: Path, learner: Path, regions: list[Region], report: Report) -> None:
     secret = _solution_lines(root, regions)
     for file in sorted(p for p in learner.rglob("*") if p.is_file()):
-        if file.suffix not in {".py", ".ipynb", ".md", ".txt", ".toml", ".yaml", ".json"}:
-            continue
-        try:
-            lines = {line.strip() for line in file.read_text(encoding="utf-8").splitlines()}
-        except UnicodeDecodeError:
-            continue
+        lines = _text_lines(file)
         for leaked in sorted(secret & lines):
             report.problems.append(f"(d) solution text in {file.relative_to(learner)}: {leaked!r}")
 
@@ -139,7 +146,10 @@ def _apply(workspace: Path, root: Path, mutant: Mutant) -> Path:
     original = (root / region.path).read_bytes().decode("utf-8")
     lines = original.splitlines(keepends=True)
     newline = lines[region.end - 1][len(lines[region.end - 1].rstrip("\r\n")):]
-    lines[region.begin - 1 : region.end] = [line + newline for line in mutant.lines]
+    body = [line + (newline or "\n") for line in mutant.lines]
+    if not newline:  # the region ended the file without a line break: keep it that way
+        body[-1] = body[-1][:-1]
+    lines[region.begin - 1 : region.end] = body
     path.write_bytes("".join(lines).encode("utf-8"))
     return path
 
@@ -172,6 +182,9 @@ def _indented(code: str, indent: str) -> list[str]:
 def verify(root: Path, jobs: int = 2, progress: bool = True) -> Report:
     """Run checks (a)-(e) on the project at ``root``; see the module docstring."""
     root = root.resolve()
+    check_project(root)
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
     report = Report()
     regions = [r for r in find_regions(root) if r.cell is None]
     reference = run_suite(root)
