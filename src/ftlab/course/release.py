@@ -26,7 +26,7 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "
                                  "*.rej", "*.bak", "*.swp", "grades.*")
 MANIFEST = "course.json"
 """The learner edition's list of tasks (the regions are gone from its sources)."""
-TESTPATHS = ('testpaths = ["tests", "milestones"]',
+TESTPATHS = ('testpaths = ["tests", "milestones", "notebooks"]',
              'testpaths = ["milestones"]\npythonpath = ["src"]')
 """The learner's pytest collects only milestones and imports the learner's own src first."""
 
