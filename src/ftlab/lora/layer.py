@@ -1,0 +1,82 @@
+"""M2.1, M2.2, M2.5 — a LoRA adapter around a frozen linear layer.
+
+``y = base(x) + (alpha / r) * dropout(x) @ A.T @ B.T`` with A (r x in) and B (out x r).
+B starts at zero, so at initialisation the adapted layer equals the base layer exactly.
+Attribute names follow PEFT (``base_layer``, ``lora_A``, ``lora_B``) so adapters map 1:1 to
+PEFT's files. The base may be ``nn.Linear`` or GPT-2's ``Conv1D`` (weight stored in x out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[0], module.weight.shape[1]
+    raise TypeError(f"{type(module).__name__} is not a linear layer LoRA can adapt")
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The base weight as (out_features, in_features), whatever the layer stores."""
+    return module.weight.T if type(module).__name__ == "Conv1D" else module.weight
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update.
+
+    Attributes: ``base_layer`` (frozen), ``lora_A`` (Parameter, r x in), ``lora_B``
+    (Parameter, out x r), ``scaling`` (alpha / r), ``lora_dropout`` (nn.Dropout, or
+    nn.Identity when dropout is 0), ``r``, ``alpha``.
+    """
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
+        """Wrap ``base``; A ~ kaiming-uniform(a=sqrt(5)), B = 0; freeze every base parameter.
+
+        A and B take the base weight's dtype and device. Raises ValueError for r < 1.
+        """
+        super().__init__()
+        if r < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {r}")
+        in_features, out_features = linear_dims(base)
+        weight = base.weight
+        self.r, self.alpha = r, alpha
+        ### BEGIN SOLUTION M2.1
+        self.base_layer = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype,
+                                               device=weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=weight.dtype,
+                                               device=weight.device))
+        self.scaling = alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``base_layer(x) + scaling * lora_dropout(x) @ lora_A.T @ lora_B.T``.
+
+        x: (..., in_features) -> (..., out_features). Dropout touches only the adapter path;
+        the base path sees x unchanged.
+        """
+        ### BEGIN SOLUTION M2.2
+        update = self.lora_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T
+        return self.base_layer(x) + self.scaling * update.to(x.dtype)
+        ### END SOLUTION
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``scaling * B @ A`` as (out, in), computed in float32."""
+        ### BEGIN SOLUTION M2.5
+        return self.scaling * (self.lora_B.float() @ self.lora_A.float())
+        ### END SOLUTION
+
+    def merged_weight(self) -> torch.Tensor:
+        """Base weight plus :meth:`delta_weight`, as float32 (out, in)."""
+        return dense_weight(self.base_layer).float() + self.delta_weight()

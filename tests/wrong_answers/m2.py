@@ -1,0 +1,57 @@
+"""Plausible wrong answers to milestone 2 (CURRICULUM.md); each must fail with a teaching message."""
+
+from ftlab.course.wrong import WrongAnswer
+
+_INIT = '''
+self.base_layer = base
+for p in base.parameters():
+    p.requires_grad_(False)
+self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype, device=weight.device))
+nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=weight.dtype, device=weight.device))
+self.scaling = alpha / r
+self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+'''
+
+WRONG_ANSWERS = [
+    WrongAnswer(task="M2.1", label="B initialised randomly", message_contains=("B random",),
+                code=_INIT.replace("torch.zeros(out_features, r,", "0.02 * torch.randn(out_features, r,")),
+    WrongAnswer(task="M2.1", label="scaling alpha instead of alpha / r",
+                message_contains=("alpha instead of alpha / r",),
+                code=_INIT.replace("self.scaling = alpha / r", "self.scaling = alpha")),
+    WrongAnswer(task="M2.2", label="dropout applied to the base path",
+                message_contains=("dropout applied to the base path",),
+                code='''
+                    x = self.lora_dropout(x)
+                    return self.base_layer(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+                '''),
+    WrongAnswer(task="M2.2", label="transposes swapped", message_contains=("transposes swapped",),
+                code="return self.base_layer(x) + self.scaling * (x @ self.lora_A @ self.lora_B)"),
+    WrongAnswer(task="M2.3", label="LM head adapted", message_contains=("lm_head",),
+                code='''
+                    return [name for name, module in model.named_modules() if is_linear(module)
+                            and (names is None or name.rsplit(".", 1)[-1] in names)]
+                '''),
+    WrongAnswer(task="M2.4", label="base left trainable", message_contains=("base left trainable",),
+                code='''
+                    for name in targets:
+                        parent_name, _, child = name.rpartition(".")
+                        parent = model.get_submodule(parent_name) if parent_name else model
+                        layer = LoRALinear(getattr(parent, child), r, alpha, dropout)
+                        for p in layer.base_layer.parameters():
+                            p.requires_grad_(True)
+                        setattr(parent, child, layer)
+                    return model
+                '''),
+    WrongAnswer(task="M2.4", label="norms and embeddings left trainable",
+                message_contains=("norms trainable",),
+                code='''
+                    for name in targets:
+                        parent_name, _, child = name.rpartition(".")
+                        parent = model.get_submodule(parent_name) if parent_name else model
+                        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout))
+                    return model
+                '''),
+    WrongAnswer(task="M2.5", label="scale applied twice", message_contains=("scale applied twice",),
+                code="return self.scaling * self.scaling * (self.lora_B.float() @ self.lora_A.float())"),
+]
