@@ -109,3 +109,13 @@ def test_parameter_report_counts_adapters_only():
     assert report.by_type["LoRALinear"] == (expected, expected)
     assert report.memory_mb()["adam_states"] == pytest.approx(2 * expected * 4 / 2**20)
     assert "trainable" in report.summary()
+    assert sum(n for _, n in report.by_type.values()) == report.total
+
+
+def test_parameter_report_counts_tied_weights_once():
+    from ftlab.models import load_base_model
+
+    model, _ = load_base_model()
+    report = parameter_report(model)
+    assert model.config.tie_word_embeddings
+    assert sum(n for _, n in report.by_type.values()) == report.total == 4_581_120

@@ -64,11 +64,19 @@ class ParameterReport:
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:
-    """Count parameters: trainable / total overall and by the type of module holding them."""
+    """Count parameters: trainable / total overall and by the type of module holding them.
+
+    A tied parameter (the LM head sharing the embedding matrix) counts once, under the
+    first module that holds it, so the per-type counts add up to the total.
+    """
     trainable, total = Counter(), Counter()
+    seen: set[int] = set()
     for module in model.modules():
         kind = type(module).__name__
         for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
             total[kind] += p.numel()
             trainable[kind] += p.numel() if p.requires_grad else 0
     params = list(model.parameters())
