@@ -45,14 +45,18 @@ How: memory
 Peak resident memory (RSS) of the training steps, each variant in a **fresh subprocess** (this
 script with ``--memory-worker``), so allocator state, caches and the other variant cannot leak
 into the number. The worker loads/builds the model, injects the adapters, creates the optimizer
-and the batch, runs ``gc.collect()``, then resets the kernel's RSS high-water mark (writes ``5``
-to ``/proc/self/clear_refs``) and reads the current RSS as the baseline; it then runs
+and the batch, runs ``gc.collect()`` and glibc's ``malloc_trim(0)`` (so free heap is not counted
+in the baseline and then silently reused), then resets the kernel's RSS high-water mark (writes
+``5`` to ``/proc/self/clear_refs``) and reads the current RSS as the baseline; it then runs
 ``--memory-steps`` steps (default 3; Adam's states are allocated in the first) and reads the
-high-water mark ``VmHWM`` from ``/proc/self/status``. Reported: ``peak - baseline`` in MB
-(MiB, 2**20 bytes) and the ratio ours / PEFT. Resetting the high-water mark (rather than using
-``ru_maxrss`` directly) keeps a transient peak during model loading from hiding the step's
-peak; ``ru_maxrss`` is recorded too. RSS counts what the allocator holds, so it is an upper
-bound on live tensors and includes glibc's retained free memory, the same for both variants.
+high-water mark ``VmHWM`` from ``/proc/self/status``. Both workers do exactly the same setup
+(PEFT's A is not replaced by ours there: its values do not change memory). Each variant runs in
+``--memory-repeats`` subprocesses (default 2, alternating ours/PEFT). Reported: the median
+``peak - baseline`` in MB (MiB, 2**20 bytes) and the ratio ours / PEFT. Resetting the high-water
+mark (rather than using ``ru_maxrss`` directly) keeps a transient peak during model loading from
+hiding the step's peak; ``ru_maxrss`` is recorded too. RSS counts what the allocator holds, so
+the peak is an upper bound on live tensors (it may include free memory glibc keeps during the
+steps, alike for both variants).
 
 As an allocator-independent complement, the in-process run also sums the bytes of the distinct
 tensors autograd saves for backward during one forward pass (``saved_tensors_hooks``,
@@ -124,12 +128,15 @@ def build_base(spec: dict, seed: int):
     return model
 
 
-def make_variant(spec: dict, variant: str, rank: int, alpha: float, dropout: float, seed: int):
+def make_variant(spec: dict, variant: str, rank: int, alpha: float, dropout: float, seed: int,
+                 same_a: bool = True):
     """(model, targets): ``variant`` LoRA injected into a fresh copy of the base model.
 
     Ours draws its A matrices in ``inject_lora`` after seeding with ``seed + 1``; for PEFT the
     same draw is repeated on a throwaway copy of the base model and copied into PEFT's
-    ``lora_A``, so both variants start from identical adapter weights.
+    ``lora_A``, so both variants start from identical adapter weights. ``same_a=False`` skips
+    that (memory workers: the values of A do not change memory, and the throwaway copy would
+    leave freed heap behind in the PEFT process only).
     """
     import torch
 
@@ -140,6 +147,11 @@ def make_variant(spec: dict, variant: str, rank: int, alpha: float, dropout: flo
     torch.manual_seed(seed + 1)
     if variant == "ours":
         inject_lora(model, targets, r=rank, alpha=alpha, dropout=dropout)
+    elif not same_a:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                                 target_modules=list(targets)))
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -230,10 +242,17 @@ def memory_worker(args) -> int:
     transformers.logging.set_verbosity_error()
     spec = model_spec(args, args.worker_model)
     model, _ = make_variant(spec, args.memory_worker, args.rank, args.alpha, args.dropout,
-                            args.seed)
+                            args.seed, same_a=False)
     optimizer = make_optimizer(model, args.lr)
     ids = make_batch(spec, model.config.vocab_size, args.seed)
     gc.collect()
+    trimmed = False
+    try:  # hand glibc's free heap back to the OS so the baseline RSS is live memory
+        import ctypes
+
+        trimmed = bool(ctypes.CDLL("libc.so.6").malloc_trim(0) >= 0)
+    except (OSError, AttributeError):
+        pass
     reset = True
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -248,7 +267,7 @@ def memory_worker(args) -> int:
     after_kb = _status_kb("VmRSS")
     print(json.dumps({
         "variant": args.memory_worker, "model": args.worker_model,
-        "hwm_reset": reset, "hwm_after_reset_kb": hwm_before_kb,
+        "hwm_reset": reset, "malloc_trim": trimmed, "hwm_after_reset_kb": hwm_before_kb,
         "baseline_rss_kb": baseline_kb, "peak_rss_kb": peak_kb, "rss_after_steps_kb": after_kb,
         "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "peak_minus_baseline_mb": (peak_kb - baseline_kb) / 1024,
@@ -429,19 +448,24 @@ def markdown(report: dict) -> str:
         "Time: median of the timed steps (25th-75th percentile in brackets) after "
         f"{st['warmup']} warm-up steps each, ours and PEFT interleaved in pairs of alternating "
         "order in one process. Memory: peak RSS during "
-        f"{st['memory_steps']} steps minus the RSS just before them, each variant in a fresh "
-        "subprocess (kernel high-water mark reset first). Saved for backward: distinct "
+        f"{st['memory_steps']} steps minus the RSS just before them (after `gc.collect()` and "
+        "`malloc_trim(0)`, kernel high-water mark reset), each variant in a fresh subprocess, "
+        f"median of {st['memory_repeats']} subprocesses per variant. Saved for backward: distinct "
         "non-parameter tensors autograd keeps for backward in one forward pass.",
         "",
     ]
     for r in report["results"]:
+        cut = ("" if r["timed_steps"] == r["planned_steps"]
+               else f" (cut by the budget; planned {r['planned_steps']})")
         lines.append(
-            f"- {r['model']}: {r['timed_steps']} timed steps each"
-            f"{'' if r['timed_steps'] == r['planned_steps'] else ' (budget; planned ' + str(r['planned_steps']) + ')'}"
+            f"- {r['model']}: {r['timed_steps']} timed steps each{cut}"
             f"; median of per-pair ratios {r['ratio_time_pairwise_median']:.3f}; "
             f"{r['num_targets']} adapted modules ({', '.join(r['target_suffixes'])}); trainable "
             f"counts {'equal' if r['trainable_equal'] else 'DIFFERENT'}; largest |loss ours - "
-            f"loss PEFT| over all steps {r['max_abs_loss_diff']:.2e}.")
+            f"loss PEFT| over all steps {r['max_abs_loss_diff']:.2e}"
+            + ("" if "all_mb" not in r["memory"]["ours"] else
+               f"; memory runs ours {r['memory']['ours']['all_mb']} MB, PEFT "
+               f"{r['memory']['peft']['all_mb']} MB") + ".")
     lines.append("")
     return "\n".join(lines)
 
@@ -473,6 +497,9 @@ def parse_args(argv=None):
     p.add_argument("--large-vocab", type=int, default=1658)
     p.add_argument("--memory-steps", type=int, default=3,
                    help="steps per memory subprocess (default: %(default)s)")
+    p.add_argument("--memory-repeats", type=int, default=2,
+                   help="fresh subprocesses per variant and model, alternating ours/PEFT; the "
+                        "median is reported (default: %(default)s)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="wall-clock budget for the whole run; timed steps of a model are "
@@ -503,7 +530,8 @@ def main(argv=None) -> int:
               "settings": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
                            "lr": args.lr, "seed": args.seed, "warmup": args.warmup,
                            "steps": args.steps, "large_steps": args.large_steps,
-                           "memory_steps": args.memory_steps, "budget_s": args.budget_s,
+                           "memory_steps": args.memory_steps,
+                           "memory_repeats": args.memory_repeats, "budget_s": args.budget_s,
                            "models": {w: model_spec(args, w) for w, _ in models}},
               "results": []}
     # Memory subprocesses (a few steps each) take roughly this share of the budget; reserve it.
@@ -521,13 +549,22 @@ def main(argv=None) -> int:
             r["memory"] = {v: {"peak_minus_baseline_mb": float("nan")} for v in VARIANTS}
             r["memory"]["ratio"] = float("nan")
             continue
+        runs = {v: [] for v in VARIANTS}
+        for k in range(args.memory_repeats):
+            for v in VARIANTS:
+                log(f"[{r['model']}] memory {k + 1}/{args.memory_repeats}: fresh subprocess for "
+                    f"{v}, {args.memory_steps} steps")
+                out = run_memory(args, r["model"], v)
+                runs[v].append(out)
+                log(f"[{r['model']}] memory {v}: peak - baseline "
+                    f"{out['peak_minus_baseline_mb']:.1f} MB (baseline "
+                    f"{out['baseline_rss_kb'] / 1024:.0f} MB, HWM reset {out['hwm_reset']}, "
+                    f"malloc_trim {out['malloc_trim']})")
         mem = {}
         for v in VARIANTS:
-            log(f"[{r['model']}] memory: fresh subprocess for {v}, {args.memory_steps} steps")
-            mem[v] = run_memory(args, r["model"], v)
-            log(f"[{r['model']}] memory {v}: peak - baseline "
-                f"{mem[v]['peak_minus_baseline_mb']:.1f} MB (baseline "
-                f"{mem[v]['baseline_rss_kb'] / 1024:.0f} MB, HWM reset {mem[v]['hwm_reset']})")
+            values = [o["peak_minus_baseline_mb"] for o in runs[v]]
+            mem[v] = {"peak_minus_baseline_mb": statistics.median(values),
+                      "all_mb": [round(x, 1) for x in values], "runs": runs[v]}
         mem["ratio"] = (mem["ours"]["peak_minus_baseline_mb"]
                         / mem["peft"]["peak_minus_baseline_mb"])
         r["memory"] = mem
