@@ -362,3 +362,14 @@ def test_grades_keep_the_likely_cause(course, tmp_path):
     task = grades["milestones"]["m1"]["tasks"]["M1.1"]
     assert task["likely_cause"] == "a value is skipped in the sum (check the loop bounds)"
     assert "(likely cause: a value is skipped" in (tmp_path / "grades.md").read_text()
+
+
+def test_wrong_answer_variants_follow_the_reference():
+    from ftlab.course.wrong import solution, variant
+
+    assert solution(FIXTURE, "M1.2") == "return total(xs) / len(xs)\n"
+    assert variant(FIXTURE, "M1.2", "/", "//") == "return total(xs) // len(xs)\n"
+    with pytest.raises(ValueError, match="not in the reference solution"):
+        variant(FIXTURE, "M1.2", "sum(", "max(")
+    with pytest.raises(ValueError, match="no solution region"):
+        solution(FIXTURE, "M4.1")

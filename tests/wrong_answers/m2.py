@@ -1,24 +1,21 @@
-"""Plausible wrong answers to milestone 2 (CURRICULUM.md); each must fail with a teaching message."""
+"""Plausible wrong answers to milestone 2 (CURRICULUM.md); each must fail with a teaching message.
 
-from ftlab.course.wrong import WrongAnswer
+Where a wrong answer is the reference with one mistake, ``variant`` derives it from the code.
+"""
 
-_INIT = '''
-self.base_layer = base
-for p in base.parameters():
-    p.requires_grad_(False)
-self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype, device=weight.device))
-nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=weight.dtype, device=weight.device))
-self.scaling = alpha / r
-self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-'''
+from pathlib import Path
+
+from ftlab.course.wrong import WrongAnswer, variant
+
+ROOT = Path(__file__).resolve().parents[2]
 
 WRONG_ANSWERS = [
     WrongAnswer(task="M2.1", label="B initialised randomly", message_contains=("B random",),
-                code=_INIT.replace("torch.zeros(out_features, r,", "0.02 * torch.randn(out_features, r,")),
+                code=variant(ROOT, "M2.1", "torch.zeros(out_features, r,",
+                             "0.02 * torch.randn(out_features, r,")),
     WrongAnswer(task="M2.1", label="scaling alpha instead of alpha / r",
                 message_contains=("alpha instead of alpha / r",),
-                code=_INIT.replace("self.scaling = alpha / r", "self.scaling = alpha")),
+                code=variant(ROOT, "M2.1", "self.scaling = alpha / r", "self.scaling = alpha")),
     WrongAnswer(task="M2.2", label="dropout applied to the base path",
                 message_contains=("dropout applied to the base path",),
                 code='''
@@ -53,5 +50,6 @@ WRONG_ANSWERS = [
                     return model
                 '''),
     WrongAnswer(task="M2.5", label="scale applied twice", message_contains=("scale applied twice",),
-                code="return self.scaling * self.scaling * (self.lora_B.float() @ self.lora_A.float())"),
+                code=variant(ROOT, "M2.5", "return self.scaling *",
+                             "return self.scaling * self.scaling *")),
 ]

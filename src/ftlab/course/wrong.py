@@ -9,8 +9,11 @@ check whose message names the task and contains every phrase of ``message_contai
 from __future__ import annotations
 
 import runpy
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from ftlab.course.regions import find_regions, read_source
 
 CATALOGUE = Path("tests/wrong_answers")
 
@@ -28,6 +31,29 @@ class WrongAnswer:
     label: str
     code: str
     message_contains: tuple[str, ...]
+
+
+def solution(root: Path, task: str) -> str:
+    """The reference code of ``task``'s region in the project at ``root``, markers excluded,
+    dedented to column 0."""
+    region = next((r for r in find_regions(root) if r.task == task and r.cell is None), None)
+    if region is None:
+        raise ValueError(f"{task}: no solution region in {root}")
+    lines = read_source(root / region.path).splitlines(keepends=True)
+    return textwrap.dedent("".join(lines[region.begin : region.end - 1]))
+
+
+def variant(root: Path, task: str, old: str, new: str) -> str:
+    """``task``'s reference solution with the one mistake ``old`` -> ``new``.
+
+    Raises ValueError when ``old`` is not in the solution, so a catalogue cannot silently
+    drift from the code it mutates.
+    """
+    code = solution(root, task)
+    if old not in code:
+        raise ValueError(f"{task}: {old!r} is not in the reference solution; update the "
+                         "wrong answer")
+    return code.replace(old, new, 1)
 
 
 def load_catalogue(root: Path) -> list[WrongAnswer]:
