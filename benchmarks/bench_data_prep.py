@@ -52,14 +52,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import pstats
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +66,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+from _env import ROOT, environment  # noqa: E402
 DEFAULT_DATA = ROOT / "data" / "sft" / "messages.jsonl"
 IGNORE = -100
 _NUMBER = re.compile(r"\d+")
@@ -227,32 +224,6 @@ def profile_ours(conversations, tokenizer, max_length, top: int = 12) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def environment() -> dict:
-    import datasets
-    import tokenizers
-    import torch
-    import transformers
-    import trl
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - informational only
-        commit = None
-    return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "git_commit": commit,
-        "trl": trl.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "tokenizers": tokenizers.__version__,
-        "torch": torch.__version__,
-    }
-
-
 def markdown(report: dict) -> str:
     lines = [
         "# Data preparation: ftlab `tokenize_with_labels` vs TRL `SFTTrainer` preparation",
@@ -352,7 +323,7 @@ def main(argv=None) -> int:
     base = load_base_set(args.data)
     log(f"embedded set: {len(base)} conversations from {args.data}")
 
-    report = {"environment": environment(),
+    report = {"environment": environment("trl", "transformers", "datasets", "tokenizers"),
               "settings": {"sizes": sizes, "max_length": args.max_length,
                            "repeats": args.repeats, "repeat_max_size": args.repeat_max_size,
                            "budget_s": args.budget_s, "data": str(args.data),

@@ -71,11 +71,9 @@ Run: ``.venv/bin/python benchmarks/bench_lora_step.py [--steps 30] [--rank 16]
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -87,7 +85,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
+from _env import ROOT, environment  # noqa: E402
 VARIANTS = ("ours", "peft")
 MB = 2**20
 
@@ -299,8 +297,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 def time_model(args, which: str, steps: int, deadline: float) -> dict:
-    import torch
-
     spec = model_spec(args, which)
     log(f"[{which}] building both variants ...")
     models, opts, targets = {}, {}, {}
@@ -396,25 +392,6 @@ def time_model(args, which: str, steps: int, deadline: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-
-def environment() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001 - informational only
-        commit = None
-    return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "git_commit": commit, "torch": torch.__version__,
-        "transformers": transformers.__version__, "peft": peft.__version__,
-    }
-
 
 def markdown(report: dict) -> str:
     env, st = report["environment"], report["settings"]
@@ -526,7 +503,7 @@ def main(argv=None) -> int:
     import peft  # noqa: F401
 
     models = [("small", args.steps)] + ([("large", args.large_steps)] if args.large_steps else [])
-    report = {"environment": environment(),
+    report = {"environment": environment("transformers", "peft"),
               "settings": {"rank": args.rank, "alpha": args.alpha, "dropout": args.dropout,
                            "lr": args.lr, "seed": args.seed, "warmup": args.warmup,
                            "steps": args.steps, "large_steps": args.large_steps,

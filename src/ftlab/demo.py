@@ -11,9 +11,10 @@ import time
 
 from ftlab.models.build import eval_items, measure_validation_loss
 from ftlab.models.load import load_base_model
-from ftlab.models.measure import first_sentence, greedy_complete, perplexity
+from ftlab.models.measure import (chat_prompt, chat_reply, first_sentence, greedy_complete,
+                                  perplexity, plain_prompt)
 from ftlab.models.provenance import read_provenance
-from ftlab.models.tokenizer import DOC_SEP, IM_END
+from ftlab.models.tokenizer import IM_END
 from ftlab.paths import base_model_dir, data_dir
 from ftlab.world import check_answer
 
@@ -45,7 +46,7 @@ def run_demo(print_fn=print) -> dict:
              f"(Llama, grouped-query attention), pretrained on the synthetic world.\n")
 
     cloze = _pick(items["cloze_heldout"], PER_KIND)
-    outs = greedy_complete(model, tok, [DOC_SEP + p for _, p in cloze], max_new_tokens=8)
+    outs = greedy_complete(model, tok, [plain_prompt(p) for _, p in cloze], max_new_tokens=8)
     print_fn("Plain completion of facts held out of SFT (pretraining taught these):")
     cloze_ok = []
     for (fact, prompt), out in zip(cloze, outs):
@@ -54,13 +55,11 @@ def run_demo(print_fn=print) -> dict:
         print_fn(f"  {prompt} ->{said!s}   [{_mark(cloze_ok[-1])}, expected {fact.answer}]")
 
     chat = _pick(items["chat_heldout"], PER_KIND)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                       add_generation_prompt=True) for _, q in chat]
-    outs = greedy_complete(model, tok, prompts, max_new_tokens=24)
+    outs = greedy_complete(model, tok, [chat_prompt(tok, q) for _, q in chat], max_new_tokens=24)
     print_fn("\nThe same kind of facts asked in chat form (no fine-tuning yet):")
     chat_ok = []
     for (fact, question), out in zip(chat, outs):
-        reply = out.split(IM_END)[0].split(DOC_SEP)[0].strip()
+        reply = chat_reply(out).strip()
         chat_ok.append(check_answer(fact, reply))
         print_fn(f"  user:  {question}\n  model: {reply!r}   [{_mark(chat_ok[-1])}, "
                  f"{'stopped' if IM_END in out else 'did not stop'} at end of turn]")

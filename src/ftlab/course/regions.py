@@ -137,14 +137,24 @@ def parse_text(text: str, path: str, cell: int | None = None,
     return regions, problems
 
 
+def replace_regions(text: str, replacements: list[tuple[Region, list[str]]]) -> str:
+    """``text`` with each region's lines (markers included) replaced by the given lines.
+
+    New lines take the line ending of the region's last line; a region ending the file
+    without a line break leaves none after its last new line. All other bytes are kept.
+    """
+    lines = text.splitlines(keepends=True)
+    for region, new in sorted(replacements, key=lambda rn: rn[0].begin, reverse=True):
+        last = lines[region.end - 1]
+        newline = last[len(last.rstrip("\r\n")):]
+        body = "".join(line + (newline or "\n") for line in new)
+        lines[region.begin - 1 : region.end] = [body if newline else body[:-1]]
+    return "".join(lines)
+
+
 def stub_text(text: str, regions: list[Region]) -> str:
     """``text`` with each region replaced by its stub line; all other bytes kept."""
-    lines = text.splitlines(keepends=True)
-    for region in sorted(regions, key=lambda r: r.begin, reverse=True):
-        last = lines[region.end - 1]
-        newline = last[len(last.rstrip("\r\n")):] or ""  # a region ending the file keeps none
-        lines[region.begin - 1 : region.end] = [region.stub_line() + newline]
-    return "".join(lines)
+    return replace_regions(text, [(r, [r.stub_line()]) for r in regions])
 
 
 def read_source(path: Path) -> str:

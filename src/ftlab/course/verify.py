@@ -26,7 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ftlab.course.regions import Region, course_files, find_regions, notebook_cells
+from ftlab.course.regions import (Region, course_files, find_regions, notebook_cells,
+                                  read_source, replace_regions)
 from ftlab.course.release import check_project, release
 from ftlab.course.runner import SuiteRun, run_suite
 from ftlab.course.tasks import mentioned_tasks, milestone_of
@@ -143,14 +144,8 @@ def _workspace(root: Path, into: Path) -> Path:
 def _apply(workspace: Path, root: Path, mutant: Mutant) -> Path:
     region = mutant.region
     path = workspace / region.path
-    original = (root / region.path).read_bytes().decode("utf-8")
-    lines = original.splitlines(keepends=True)
-    newline = lines[region.end - 1][len(lines[region.end - 1].rstrip("\r\n")):]
-    body = [line + (newline or "\n") for line in mutant.lines]
-    if not newline:  # the region ended the file without a line break: keep it that way
-        body[-1] = body[-1][:-1]
-    lines[region.begin - 1 : region.end] = body
-    path.write_bytes("".join(lines).encode("utf-8"))
+    original = read_source(root / region.path)
+    path.write_bytes(replace_regions(original, [(region, mutant.lines)]).encode("utf-8"))
     return path
 
 

@@ -82,6 +82,22 @@ def greedy_complete(
         tokenizer.padding_side = side
 
 
+def plain_prompt(text: str) -> str:
+    """A plain-text prompt as pretraining saw documents: after the document separator."""
+    return DOC_SEP + text
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
+    """``question`` as one user turn, rendered with the generation prompt."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+def chat_reply(generated: str) -> str:
+    """The reply part of a generation: the text before ``<|im_end|>`` or ``<|endoftext|>``."""
+    return generated.split(IM_END)[0].split(DOC_SEP)[0]
+
+
 def first_sentence(text: str) -> str:
     """Text up to the first sentence end, newline or special token."""
     for stop in (DOC_SEP, IM_END, "\n", "."):
@@ -106,7 +122,7 @@ def cloze_accuracy(
     The continuation is cut at its first sentence end and judged by
     :func:`ftlab.world.check_answer`.
     """
-    outs = greedy_complete(model, tokenizer, [DOC_SEP + p for _, p in items], max_new_tokens=8)
+    outs = greedy_complete(model, tokenizer, [plain_prompt(p) for _, p in items], max_new_tokens=8)
     return sum(check_answer(f, first_sentence(o)) for (f, _), o in zip(items, outs)) / len(items)
 
 
@@ -114,13 +130,9 @@ def chat_exact_match(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[tuple[Fact, str]]
 ) -> ChatScore:
     """Ask each (fact, question) as a single user turn; judge the reply up to ``<|im_end|>``."""
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                      add_generation_prompt=True)
-        for _, q in items
-    ]
+    prompts = [chat_prompt(tokenizer, q) for _, q in items]
     outs = greedy_complete(model, tokenizer, prompts, max_new_tokens=32)
-    replies = [o.split(IM_END)[0].split(DOC_SEP)[0] for o in outs]
+    replies = [chat_reply(o) for o in outs]
     correct = sum(check_answer(f, r) for (f, _), r in zip(items, replies))
     ended = sum(IM_END in o for o in outs)
     return ChatScore(correct / len(items), ended / len(items), replies)
