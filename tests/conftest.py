@@ -39,3 +39,16 @@ def fresh_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     build_world(out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are collected everywhere and skipped, with the reason, without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none "
+                                   "(run `pytest -m gpu` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

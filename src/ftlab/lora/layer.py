@@ -3,7 +3,8 @@
 ``y = base(x) + (alpha / r) * dropout(x) @ A.T @ B.T`` with A (r x in) and B (out x r).
 B starts at zero, so at initialisation the adapted layer equals the base layer exactly.
 Attribute names follow PEFT (``base_layer``, ``lora_A``, ``lora_B``) so adapters map 1:1 to
-PEFT's files. The base may be ``nn.Linear`` or GPT-2's ``Conv1D`` (weight stored in x out).
+PEFT's files. The base may be ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored in x out) or a
+4-bit layer (ftlab's ``NF4Linear``, bitsandbytes' ``Linear4bit``): QLoRA is LoRA on a 4-bit base.
 """
 
 from __future__ import annotations
@@ -15,16 +16,32 @@ from torch import nn
 
 
 def linear_dims(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
+    """(in_features, out_features) of a linear layer: ``nn.Linear`` (bitsandbytes'
+    ``Linear4bit`` included), GPT-2's ``Conv1D`` or ftlab's ``NF4Linear``."""
     if type(module).__name__ == "Conv1D":
         return module.weight.shape[0], module.weight.shape[1]
+    if isinstance(getattr(module, "in_features", None), int):
+        return module.in_features, module.out_features
     raise TypeError(f"{type(module).__name__} is not a linear layer LoRA can adapt")
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """True for a 4-bit base: ftlab's ``NF4Linear`` or bitsandbytes' ``Linear4bit``."""
+    return hasattr(module, "dequantized") or hasattr(getattr(module, "weight", None),
+                                                     "quant_state")
+
+
 def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The base weight as (out_features, in_features), whatever the layer stores."""
+    """The base weight as (out_features, in_features), whatever the layer stores.
+
+    4-bit bases are dequantized to float32 (a new tensor; the stored weight is untouched).
+    """
+    if hasattr(module, "dequantized"):
+        return module.dequantized()
+    if hasattr(module.weight, "quant_state"):
+        from bitsandbytes.functional import dequantize_4bit
+
+        return dequantize_4bit(module.weight.data, module.weight.quant_state).float()
     return module.weight.T if type(module).__name__ == "Conv1D" else module.weight
 
 
@@ -45,7 +62,7 @@ class LoRALinear(nn.Module):
         if r < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {r}")
         in_features, out_features = linear_dims(base)
-        weight = base.weight
+        weight = dense_weight(base)
         self.r, self.alpha = r, alpha
         ### BEGIN SOLUTION M2.1
         self.base_layer = base

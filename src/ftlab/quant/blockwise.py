@@ -1,0 +1,149 @@
+"""M3.2–M3.4 — blockwise NF4 quantization, dequantization and double quantization.
+
+A weight is flattened row-major and cut into blocks of ``block_size`` values (64 in QLoRA).
+Each block is divided by its absolute maximum (its *absmax*), so it lies in [-1, 1], and each
+value is replaced by the index of the nearest NF4 level. Two 4-bit indices share a byte:
+the first value in the high nibble, the second in the low nibble (bitsandbytes' layout).
+Double quantization stores the float32 absmax values themselves in 8 bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ftlab.quant.codebook import dynamic_code, nearest_code, nf4_codebook
+
+TINY = 1e-38
+"""Smallest absmax divided by; an all-zero block then quantizes to the zero level."""
+
+
+def as_blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
+    """A 1-D tensor zero-padded to whole blocks and viewed as (n_blocks, block_size)."""
+    pad = (-flat.numel()) % block_size
+    return F.pad(flat, (0, pad)).view(-1, block_size)
+
+
+def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax NF4 quantization of any tensor, bit for bit as bitsandbytes.
+
+    Returns ``(packed, absmax)``: ``packed`` uint8 of shape (ceil(n / 2),) holding two codes
+    per byte (element 2i in the high nibble, 2i+1 in the low nibble), ``absmax`` float32 of
+    shape (ceil(n / block_size),), one per block of the row-major flattened ``weight``
+    (n = weight.numel()). A last partial block uses its own absmax. Values are scaled by
+    multiplying with ``1 / absmax`` (in float32) and mapped with :func:`nearest_code` onto
+    :func:`nf4_codebook`. ``block_size`` must be even.
+    """
+    if block_size < 2 or block_size % 2:
+        raise ValueError(f"block_size must be an even number >= 2, got {block_size}")
+    n = weight.numel()
+    ### BEGIN SOLUTION M3.2
+    blocks = as_blocks(weight.detach().reshape(-1).float(), block_size)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = blocks * (1.0 / absmax.clamp(min=TINY)).unsqueeze(1)
+    codes = nearest_code(scaled.reshape(-1), nf4_codebook())
+    packed = (codes[0::2] << 4) | codes[1::2]
+    return packed[: (n + 1) // 2], absmax
+    ### END SOLUTION
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...],
+                   block_size: int = 64, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize_nf4`: a tensor of ``shape`` and ``dtype``.
+
+    Each code (high nibble first) is looked up in :func:`nf4_codebook` and multiplied by its
+    block's absmax in float32; the result is cast to ``dtype`` at the end.
+    """
+    n = math.prod(shape)
+    ### BEGIN SOLUTION M3.3
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:n]
+    levels = as_blocks(nf4_codebook()[codes.long()], block_size)
+    return (levels * absmax.unsqueeze(1)).reshape(-1)[:n].reshape(shape).to(dtype)
+    ### END SOLUTION
+
+
+def double_quantize(absmax: torch.Tensor, block_size: int = 256
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize float32 absmax values to 8 bits: ``(codes, scales, offset)``.
+
+    The mean of ``absmax`` is subtracted first (``offset``, a float32 scalar tensor): absmax
+    values are all positive and similar, so centring them spends the code on their spread.
+    The centred values are then quantized blockwise like :func:`quantize_nf4` but with
+    ``block_size`` 256 and the 8-bit :func:`dynamic_code`, one uint8 code per value (no
+    packing). ``codes`` is uint8 (n,), ``scales`` float32 (ceil(n / block_size),).
+    """
+    ### BEGIN SOLUTION M3.4
+    offset = absmax.mean()
+    blocks = as_blocks(absmax - offset, block_size)
+    scales = blocks.abs().amax(dim=1)
+    scaled = blocks * (1.0 / scales.clamp(min=TINY)).unsqueeze(1)
+    codes = nearest_code(scaled.reshape(-1)[: absmax.numel()], dynamic_code())
+    return codes, scales, offset
+    ### END SOLUTION
+
+
+def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.Tensor,
+                      block_size: int = 256) -> torch.Tensor:
+    """Inverse of :func:`double_quantize`: float32 absmax values of shape ``codes.shape``."""
+    levels = as_blocks(dynamic_code()[codes.long()], block_size)
+    return (levels * scales.unsqueeze(1)).reshape(-1)[: codes.numel()] + offset
+
+
+@dataclass
+class NF4Weight:
+    """A weight stored in NF4: the packed codes and the (possibly double-quantized) absmax.
+
+    Exactly one of ``absmax`` (float32) or the triple ``absmax_codes`` / ``absmax_scales`` /
+    ``absmax_offset`` (double quantization) is set.
+    """
+
+    packed: torch.Tensor
+    shape: tuple[int, ...]
+    block_size: int = 64
+    absmax: torch.Tensor | None = None
+    absmax_codes: torch.Tensor | None = None
+    absmax_scales: torch.Tensor | None = None
+    absmax_offset: torch.Tensor | None = None
+    absmax_block_size: int = 256
+
+    @property
+    def double_quant(self) -> bool:
+        return self.absmax is None
+
+    def absmax_values(self) -> torch.Tensor:
+        """The float32 absmax per block (dequantized first when double-quantized)."""
+        if not self.double_quant:
+            return self.absmax
+        return dequantize_absmax(self.absmax_codes, self.absmax_scales, self.absmax_offset,
+                                 self.absmax_block_size)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as a dense tensor of :attr:`shape` and ``dtype``."""
+        return dequantize_nf4(self.packed, self.absmax_values(), self.shape, self.block_size, dtype)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored tensors by name (what a module keeps as buffers)."""
+        names = ("packed", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually stored for this weight."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
+def quantize_weight(weight: torch.Tensor, block_size: int = 64, double_quant: bool = True,
+                    absmax_block_size: int = 256) -> NF4Weight:
+    """Quantize ``weight`` to :class:`NF4Weight`, optionally double-quantizing the absmax."""
+    packed, absmax = quantize_nf4(weight, block_size)
+    stored = NF4Weight(packed=packed, shape=tuple(weight.shape), block_size=block_size,
+                       absmax_block_size=absmax_block_size)
+    if double_quant:
+        codes, scales, offset = double_quantize(absmax, absmax_block_size)
+        stored.absmax_codes, stored.absmax_scales, stored.absmax_offset = codes, scales, offset
+    else:
+        stored.absmax = absmax
+    return stored
