@@ -14,7 +14,7 @@ from ftlab.quant.bnb import (bnb_config, check_adapter_gradients, compute_dtype_
                              cpu_repack_disabled, disable_cpu_repack, load_quantized, quiet_int8)
 from ftlab.quant.codebook import dynamic_code, nearest_code, nf4_codebook
 from ftlab.quant.linear import NF4Linear, NF4Matmul, prepare_qlora, quantize_model
-from ftlab.quant.memory import (nf4_layers, peak_memory, stored_bits_per_parameter,
+from ftlab.quant.memory import (nf4_layers, peak_memory, rss_mb, stored_bits_per_parameter,
                                 tensor_bytes, theoretical_bits_per_parameter,
                                 training_state_theory)
 
@@ -22,6 +22,6 @@ __all__ = ["NF4Linear", "NF4Matmul", "NF4Weight", "bnb_config", "check_adapter_g
            "compute_dtype_for", "cpu_repack_disabled", "dequantize_absmax", "dequantize_nf4",
            "disable_cpu_repack", "double_quantize", "dynamic_code", "load_quantized",
            "nearest_code", "nf4_codebook", "nf4_layers", "peak_memory", "prepare_qlora",
-           "quantize_model", "quantize_nf4", "quantize_weight", "quiet_int8",
+           "quantize_model", "quantize_nf4", "quantize_weight", "quiet_int8", "rss_mb",
            "stored_bits_per_parameter", "tensor_bytes", "theoretical_bits_per_parameter",
            "training_state_theory"]

@@ -24,7 +24,7 @@ TINY = 1e-38
 def as_blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
     """A 1-D tensor zero-padded to whole blocks and viewed as (n_blocks, block_size)."""
     pad = (-flat.numel()) % block_size
-    return F.pad(flat, (0, pad)).view(-1, block_size)
+    return (F.pad(flat, (0, pad)) if pad else flat).view(-1, block_size)
 
 
 def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +59,10 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int,
     """
     n = math.prod(shape)
     ### BEGIN SOLUTION M3.3
-    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)[:n]
-    levels = as_blocks(nf4_codebook()[codes.long()], block_size)
+    code = nf4_codebook()
+    byte = torch.arange(256)
+    pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)  # byte -> its two levels
+    levels = as_blocks(pairs.index_select(0, packed.int()).reshape(-1)[:n], block_size)
     return (levels * absmax.unsqueeze(1)).reshape(-1)[:n].reshape(shape).to(dtype)
     ### END SOLUTION
 
