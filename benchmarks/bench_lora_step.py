@@ -386,8 +386,6 @@ def time_model(args, which: str, steps: int, deadline: float) -> dict:
         f"(pairwise median {result['ratio_time_pairwise_median']:.3f}); max |loss diff| "
         f"{loss_diff:.2e}; saved for backward ours {saved['ours'] / MB:.1f} MB, PEFT "
         f"{saved['peft'] / MB:.1f} MB")
-    del models, opts
-    gc.collect()
     return result
 
 

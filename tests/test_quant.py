@@ -132,10 +132,8 @@ def test_our_qlora_model_equals_bitsandbytes_linear4bit(tmp_path):
 @pytest.mark.skipif(not repack_trap_applies(), reason="the bitsandbytes CPU repack trap needs "
                     "bitsandbytes >= 0.49 and a CPU with avx512_bf16")
 def test_the_cpu_trap_is_real_without_our_loader(tmp_path):
-    from transformers import AutoModelForCausalLM as Auto
-
     folder = _llama_folder(tmp_path)
-    naive = Auto.from_pretrained(folder, quantization_config=bnb_config(), dtype=torch.float32)
+    naive = AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb_config(), dtype=torch.float32)
     inject_lora(naive, find_target_modules(naive), r=4, alpha=8)
     with pytest.raises(FtlabError, match="repack trap"):
         check_adapter_gradients(naive, torch.randint(3, 96, (2, 12)))
@@ -236,3 +234,8 @@ def test_gpu_qlora_keeps_gradients(tmp_path):
     inject_lora(model, find_target_modules(model), r=4, alpha=8)
     model.to("cuda")
     assert check_adapter_gradients(model, torch.randint(3, 96, (2, 12), device="cuda")) > 0
+
+
+def test_stored_bits_needs_nf4_layers():
+    with pytest.raises(ValueError, match="no NF4Linear"):
+        stored_bits_per_parameter(nn.Linear(4, 4))

@@ -20,6 +20,9 @@ from ftlab.quant.codebook import dynamic_code, nearest_code, nf4_codebook
 TINY = 1e-38
 """Smallest absmax divided by; an all-zero block then quantizes to the zero level."""
 
+STORED = ("packed", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
+"""Names of the tensors an :class:`NF4Weight` stores (and an ``NF4Linear`` keeps as buffers)."""
+
 
 def as_blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
     """A 1-D tensor zero-padded to whole blocks and viewed as (n_blocks, block_size)."""
@@ -59,8 +62,8 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int,
     """
     n = math.prod(shape)
     ### BEGIN SOLUTION M3.3
-    code = nf4_codebook()
-    byte = torch.arange(256)
+    code = nf4_codebook().to(packed.device)
+    byte = torch.arange(256, device=packed.device)
     pairs = torch.stack([code[byte >> 4], code[byte & 0xF]], dim=1)  # byte -> its two levels
     levels = as_blocks(pairs.index_select(0, packed.int()).reshape(-1)[:n], block_size)
     return (levels * absmax.unsqueeze(1)).reshape(-1)[:n].reshape(shape).to(dtype)
@@ -90,7 +93,7 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256
 def dequantize_absmax(codes: torch.Tensor, scales: torch.Tensor, offset: torch.Tensor,
                       block_size: int = 256) -> torch.Tensor:
     """Inverse of :func:`double_quantize`: float32 absmax values of shape ``codes.shape``."""
-    levels = as_blocks(dynamic_code()[codes.long()], block_size)
+    levels = as_blocks(dynamic_code().to(codes.device)[codes.long()], block_size)
     return (levels * scales.unsqueeze(1)).reshape(-1)[: codes.numel()] + offset
 
 
@@ -128,8 +131,7 @@ class NF4Weight:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The stored tensors by name (what a module keeps as buffers)."""
-        names = ("packed", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        return {k: getattr(self, k) for k in STORED if getattr(self, k) is not None}
 
     @property
     def nbytes(self) -> int:

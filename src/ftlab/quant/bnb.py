@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ftlab.errors import FtlabError
+from ftlab.quant.blockwise import NF4Weight
 
 QUANT_TYPES = ("nf4", "fp4")
 
@@ -113,8 +114,6 @@ def cpu_dequantize_faults(model: nn.Module) -> list[str]:
     bitsandbytes 0.50.2's native CPU kernel gets layers wrong whose input width is not a
     multiple of the block size (a block then spans two rows); only those are checked.
     """
-    from ftlab.quant.blockwise import NF4Weight
-
     from bitsandbytes.functional import dequantize_4bit
 
     faulty = []

@@ -7,6 +7,8 @@ quantiles of the standard normal distribution, so a normally distributed weight 
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 
 NF4_OFFSET = 0.9677083
@@ -14,8 +16,11 @@ NF4_OFFSET = 0.9677083
 digits bitsandbytes (and the QLoRA paper) use. ppf(1) is infinite, so the grid stops here."""
 
 
+@cache
 def nf4_codebook() -> torch.Tensor:
-    """The 16 NF4 levels, sorted ascending, float32, exactly bitsandbytes' NF4 table.
+    """The 16 NF4 levels, sorted ascending, float32 on the CPU, exactly bitsandbytes' NF4 table.
+
+    Computed once and cached (it is read on every (de)quantization): never modify it in place.
 
     Construction (QLoRA, Dettmers et al. 2023): 8 positive levels at the standard-normal
     quantiles ``ppf(p)`` for ``p`` = 9 float32 points evenly spaced from ``NF4_OFFSET`` down to
@@ -34,9 +39,11 @@ def nf4_codebook() -> torch.Tensor:
     ### END SOLUTION
 
 
+@cache
 def dynamic_code() -> torch.Tensor:
     """The signed 8-bit dynamic code bitsandbytes uses for double quantization: 256 sorted
-    float32 values in [-1, 1] (equal to ``bitsandbytes.functional.create_dynamic_map()``).
+    float32 values in [-1, 1] (equal to ``bitsandbytes.functional.create_dynamic_map()``),
+    on the CPU, cached: never modify it in place.
 
     Seven decades 1e-6 … 1: decade ``e`` (0..6) holds ``2**e`` magnitudes, the midpoints of
     ``2**e + 1`` points evenly spaced on [0.1, 1] scaled by ``10**(e-6)``, each with both
@@ -54,8 +61,9 @@ def dynamic_code() -> torch.Tensor:
 def nearest_code(values: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """Index (uint8) of the code value nearest to each of ``values``; ties go to the lower one.
 
-    ``code`` must be sorted ascending. Compares against the midpoints between neighbouring
-    levels, which is what bitsandbytes' reference kernels do.
+    ``code`` must be sorted ascending; it is moved to ``values``' device. Compares against the
+    midpoints between neighbouring levels, which is what bitsandbytes' reference kernels do.
     """
+    code = code.to(values.device)
     midpoints = (code[:-1] + code[1:]) / 2
     return torch.bucketize(values, midpoints).to(torch.uint8)

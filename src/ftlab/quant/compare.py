@@ -6,6 +6,7 @@ transformers + bitsandbytes: NF4 + double quantization, FP4, and LLM.int8().
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from ftlab.lora import find_target_modules
 from ftlab.quant.bnb import load_quantized, quiet_int8
 from ftlab.quant.linear import quantize_model
-from ftlab.quant.memory import MB
+from ftlab.quant.memory import MB, tensor_bytes
 
 VARIANTS = ("fp32", "bf16", "nf4 (ftlab)", "nf4 + dq (ftlab)", "nf4 + dq (bitsandbytes)",
             "fp4 (bitsandbytes)", "int8 (bitsandbytes)")
@@ -41,17 +42,14 @@ def load_variant(path: str | Path, variant: str) -> nn.Module:
 
 
 def stored_mb(model: nn.Module) -> float:
-    """MB the model's weights occupy: parameters and buffers (tied ones once) plus
+    """MB the model's weights occupy: parameters and buffers (:func:`tensor_bytes`) plus
     bitsandbytes' quantization statistics, which live outside both."""
-    seen: set[int] = set()
-    total = 0
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-        state = getattr(t, "quant_state", None)
-        for extra in (getattr(state, "absmax", None), getattr(getattr(state, "state2", None),
-                                                              "absmax", None), getattr(t, "SCB", None)):
+    total = sum(tensor_bytes(model).values())
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        state2 = getattr(state, "state2", None)
+        for extra in (getattr(state, "absmax", None), getattr(state2, "absmax", None),
+                      getattr(p, "SCB", None)):
             if extra is not None:
                 total += extra.numel() * extra.element_size()
     return total / MB
@@ -60,8 +58,6 @@ def stored_mb(model: nn.Module) -> float:
 def quality_table(path: str | Path, loss_fn, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
     """One row per variant: ``variant``, ``loss`` (``loss_fn(model)``, nats/token),
     ``perplexity`` and ``weights_mb`` (:func:`stored_mb`)."""
-    import math
-
     rows = []
     for variant in variants:
         with quiet_int8():

@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from ftlab.lora import find_target_modules, inject_lora
-from ftlab.quant.blockwise import NF4Weight, quantize_weight
-
-_STORED = ("packed", "absmax", "absmax_codes", "absmax_scales", "absmax_offset")
+from ftlab.quant.blockwise import STORED, NF4Weight, quantize_weight
 
 
 class NF4Matmul(torch.autograd.Function):
@@ -65,7 +63,7 @@ class NF4Linear(nn.Module):
 
     def quantized(self) -> NF4Weight:
         """The stored weight as an :class:`NF4Weight` (views of the buffers)."""
-        stored = {k: self._buffers[k] for k in _STORED if self._buffers.get(k) is not None}
+        stored = {k: self._buffers[k] for k in STORED if self._buffers.get(k) is not None}
         return NF4Weight(shape=(self.out_features, self.in_features), block_size=self.block_size,
                          **stored)
 
@@ -82,9 +80,8 @@ class NF4Linear(nn.Module):
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
-        dq = self._buffers.get("absmax") is None
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"block_size={self.block_size}, double_quant={dq}")
+                f"block_size={self.block_size}, double_quant={self.quantized().double_quant}")
 
 
 def quantize_model(model: nn.Module, targets: list[str], block_size: int = 64,

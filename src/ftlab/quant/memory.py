@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ftlab.quant.linear import NF4Linear
+
 MB = 2**20
 
 
@@ -36,16 +38,16 @@ def theoretical_bits_per_parameter(block_size: int = 64, double_quant: bool = Tr
 
 
 def nf4_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every :class:`~ftlab.quant.linear.NF4Linear` of ``model`` by module name."""
-    from ftlab.quant.linear import NF4Linear
-
+    """Every :class:`~ftlab.quant.linear.NF4Linear` of ``model`` (itself included) by name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
 
 
 def stored_bits_per_parameter(model: nn.Module) -> float:
     """Bits actually stored per quantized weight, over every NF4 layer of ``model`` (or
     ``model`` itself when it is one), measured from the tensors' sizes (bias excluded)."""
-    layers = nf4_layers(model) or {"": model}
+    layers = nf4_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} holds no NF4Linear layer")
     stored = sum(layer.quantized().nbytes for layer in layers.values())
     weights = sum(layer.in_features * layer.out_features for layer in layers.values())
     return 8 * stored / weights
