@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 
@@ -108,3 +109,24 @@ def test_label_inspector_marks_trained_tokens(tokenizer):
     html = inspect_html(ex, tokenizer)
     assert html.count('title="trained"') == len(trained)
     assert "&lt;|im_start|&gt;" in html
+
+
+def test_prepare_sft_filters_splits_and_tokenizes(tmp_path, tokenizer):
+    from ftlab.config import DataConfig
+    from ftlab.data import prepare_sft
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i % 30}?"},
+                          {"role": "assistant", "content": f"Answer {i % 30}."}]}
+            for i in range(40)]  # 10 exact duplicates
+    rows.append({"messages": [{"role": "user", "content": "Empty?"},
+                              {"role": "assistant", "content": " "}]})
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = prepare_sft(DataConfig(path=path, validation_fraction=0.2), tokenizer)
+    assert len(prepared.train) + len(prepared.validation) == 30
+    assert len(prepared.validation) == 6
+    assert prepared.filter_report.dropped["duplicate"] == 10
+    eos = tokenizer.eos_token_id
+    assert all(eos in e["labels"] for e in prepared.train + prepared.validation)
+    kept_all = prepare_sft(DataConfig(path=path, dedupe=False, validation_fraction=0.0), tokenizer)
+    assert len(kept_all.train) == 40 and kept_all.filter_report is None

@@ -29,3 +29,19 @@ def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised float32 model of ``arch`` in eval mode (seeded)."""
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+
+
+def tiny_examples(n: int, seed: int = 0, lengths: tuple[int, int] = (8, 48),
+                  tokens: tuple[int, int] = (4, 96)) -> list[dict[str, list[int]]]:
+    """``n`` tokenized examples for a tiny model: random ids in ``range(*tokens)``, a length
+    drawn from ``range(*lengths)``, the first third a prompt (labels ``-100``), the rest a
+    response ending with the EOS id 2 as a target — like ``tokenize_with_labels`` output."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(n):
+        length = int(torch.randint(*lengths, (1,), generator=g))
+        ids = torch.randint(*tokens, (length,), generator=g).tolist()
+        ids[-1] = 2
+        prompt = max(1, length // 3)
+        examples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return examples

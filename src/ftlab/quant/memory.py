@@ -7,6 +7,7 @@ scale per 256 blocks (0.125 + 0.002 bits).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import re
 from collections.abc import Iterator
@@ -96,8 +97,14 @@ def peak_memory(device: torch.device | str = "cpu") -> Iterator[dict[str, float]
     Yields a dict filled on exit: ``rss_start_mb`` and ``rss_peak_mb`` (process resident
     memory when the block started and its high-water mark during the block — Linux resets
     the mark through /proc/self/clear_refs), and on CUDA ``cuda_peak_mb`` (peak allocated).
+    Free heap memory is first returned to the system (glibc ``malloc_trim``), so a new
+    allocation in the block cannot hide in pages that are resident but free.
     """
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may then be underestimated
+        pass
     result: dict[str, float] = {"rss_start_mb": rss_mb()}
     try:
         Path("/proc/self/clear_refs").write_text("5")

@@ -1,0 +1,324 @@
+"""The training loop (given): tasks M4.1–M4.5 wired into a resumable, observable run.
+
+``Trainer(model, train_examples, config, run_dir, pad_id, val_examples).fit()`` trains the
+parameters of ``model`` that have ``requires_grad`` (our LoRA or QLoRA adapters, a PEFT
+model, or a fully trainable model) with AdamW on the schedule of M4.1, one step of
+``grad_accum`` micro-batches at a time (M4.2, M4.3). Every ``eval_every`` steps it measures
+the validation loss (token-weighted) and updates early stopping (M4.5); every
+``save_every`` steps, at every new best, at the end and when asked to stop it writes a
+checkpoint (M4.4). Run directory::
+
+    <run_dir>/metrics.jsonl       step and eval records (ftlab.train.metrics)
+    <run_dir>/training.png        loss, learning rate and gradient norm
+    <run_dir>/checkpoints/step-NNNNNN/   the newest ``keep_last`` and the best
+
+``fit()`` on a run directory with checkpoints resumes from the newest good one: the result
+is bit-identical to a run that was never interrupted. Ctrl-C (SIGINT) stops at the end of
+the current step and writes a checkpoint; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ftlab.config import TrainConfig
+from ftlab.data.collate import collate
+from ftlab.errors import ConfigError
+from ftlab.quant.memory import rss_mb
+from ftlab.train.batching import BatchLoader, real_tokens
+from ftlab.train.checkpoint import (latest_good_checkpoint, load_checkpoint, prune_checkpoints,
+                                    restore_training_state, rng_state, save_checkpoint,
+                                    step_dir_name, trainable_weights)
+from ftlab.train.early_stopping import EarlyStopping
+from ftlab.train.metrics import (MetricsLog, flops_per_token, matmul_peak_flops,
+                                 plot_training)
+from ftlab.train.schedule import make_scheduler
+from ftlab.train.step import (MODEL_INPUTS, accumulate_gradients, clip_and_step,
+                              count_targets, target_loss_sum)
+
+SAME_RUN_KEYS = ("lr", "batch_size", "grad_accum", "warmup_ratio", "min_lr_ratio",
+                 "weight_decay", "max_grad_norm", "group_by_length", "packing", "optimizer",
+                 "seed")
+"""Settings a resumed run must share with its checkpoint to continue the same run."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a :meth:`Trainer.fit` call ended."""
+
+    steps: int
+    """Optimizer steps done in total (resumed ones included)."""
+    total_steps: int
+    skipped_steps: int
+    """Steps skipped for a non-finite loss or gradient norm."""
+    final_loss: float
+    best_val_loss: float | None
+    best_step: int | None
+    stopped_early: bool
+    interrupted: bool
+    resumed_from: int | None
+    checkpoint: Path | None
+    """The newest checkpoint written."""
+    run_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def validation_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Mean cross-entropy over every trained token of ``batches`` (token-weighted), in eval
+    mode without gradients; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            total += float(target_loss_sum(model, batch))
+            count += count_targets(batch)
+    model.train(was_training)
+    return total / count if count else math.nan
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS or k == "labels"}
+
+
+class Trainer:
+    """Fine-tune ``model`` on tokenized ``train_examples`` (see module doc).
+
+    ``train_examples`` / ``val_examples``: lists of ``{"input_ids", "labels"}`` (from
+    :func:`ftlab.data.tokenize_with_labels`). ``max_length`` is the packed row length
+    (needed when ``config.packing``). ``callbacks`` are called with every metrics record
+    as it is written (live plots, tests). ``progress``: show a tqdm bar.
+    """
+
+    def __init__(self, model: nn.Module, train_examples: list[dict], config: TrainConfig,
+                 run_dir: Path | str, pad_id: int, val_examples: list[dict] | None = None,
+                 max_length: int | None = None, callbacks: list[Callable[[dict], None]] = (),
+                 progress: bool = True) -> None:
+        self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("the model has no trainable parameters: inject adapters "
+                              "(ftlab.lora.inject_lora) or unfreeze parameters first")
+        self.device = self.params[0].device
+        self.loader = BatchLoader(train_examples, config.batch_size, pad_id, config.seed,
+                                  config.group_by_length, config.packing, max_length)
+        val = sorted(val_examples or [], key=lambda e: len(e["input_ids"]))
+        self.val_batches = [collate(val[i:i + config.batch_size], pad_id)
+                            for i in range(0, len(val), config.batch_size)]
+        micro_per_epoch = len(self.loader)
+        self.total_steps = config.max_steps or max(
+            1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
+        self.optimizer = self._optimizer()
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, config.warmup_ratio,
+                                        config.min_lr_ratio)
+        self.early = EarlyStopping(config.early_stopping_patience,
+                                   config.early_stopping_min_delta)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self._stop_requested = False
+        self.counters = {"step": 0, "skipped": 0, "best_step": None}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "adamw8bit":
+            if self.device.type != "cuda":
+                raise ConfigError("train.optimizer: 'adamw8bit' needs a CUDA GPU (bitsandbytes' "
+                                  "8-bit optimizer states); use 'adamw' on CPU")
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point()
+                                                             for p in self.params)
+        return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=fused or None)
+
+    def request_stop(self) -> None:
+        """Stop at the end of the current step and write a checkpoint (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    def checkpoint_config(self) -> dict:
+        """What a checkpoint records about the run (``config.json``)."""
+        return {"train": self.config.model_dump(mode="json"), "total_steps": self.total_steps,
+                "train_examples": len(self.loader.examples),
+                "trainable": sum(p.numel() for p in self.params)}
+
+    # -- resume -----------------------------------------------------------------------
+    def _check_same_run(self, saved: dict) -> None:
+        ours = self.checkpoint_config()
+        diffs = [f"{k}: {saved['train'].get(k)!r} -> {ours['train'][k]!r}"
+                 for k in SAME_RUN_KEYS if saved["train"].get(k) != ours["train"][k]]
+        diffs += [f"{k}: {saved.get(k)!r} -> {ours[k]!r}"
+                  for k in ("train_examples", "trainable") if saved.get(k) != ours[k]]
+        if diffs:
+            raise ConfigError(f"{self.checkpoints}: the checkpoints there belong to a run with "
+                              f"other settings ({'; '.join(diffs)}); resuming would not "
+                              "continue that run. Use another run_dir, or the same settings.")
+
+    def _resume(self) -> int | None:
+        found = latest_good_checkpoint(self.checkpoints)
+        if found is None:
+            self.log.truncate_after(0)
+            seed_everything(self.config.seed)
+            return None
+        self._check_same_run(json.loads((found.path / "config.json").read_text()))
+        trainer_state = restore_training_state(found, self.model, self.optimizer,
+                                               self.scheduler, self.loader)
+        self.counters = {k: trainer_state[k] for k in self.counters}
+        self.early.load_state_dict(trainer_state["early_stopping"])
+        self.log.truncate_after(found.step)
+        return found.step
+
+    # -- checkpoints --------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (no-op when one exists) and prune."""
+        step = self.counters["step"]
+        path = self.checkpoints / step_dir_name(step)
+        if not path.exists():
+            state = {"optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                     "data": self.loader.state_dict(),
+                     "trainer": {**self.counters, "early_stopping": self.early.state_dict()}}
+            save_checkpoint(self.checkpoints, trainable_weights(self.model), state,
+                            self.checkpoint_config())
+        best = self.counters["best_step"]
+        prune_checkpoints(self.checkpoints, self.config.keep_last,
+                          {best} if best is not None else set())
+        return path
+
+    def restore_best(self) -> None:
+        """Load the trainable weights of the best-validation checkpoint into the model."""
+        best = self.counters["best_step"]
+        if best is None:
+            raise ConfigError("no validation set was evaluated, so there is no best checkpoint")
+        weights = load_checkpoint(self.checkpoints / step_dir_name(best)).weights
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+
+    # -- the loop -----------------------------------------------------------------------
+    @contextmanager
+    def _ctrl_c_stops(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+            self.request_stop()
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _emit(self, record: dict) -> None:
+        self.log.append(record)
+        for callback in self.callbacks:
+            callback(record)
+
+    def _evaluate(self, train_loss: float) -> None:
+        step = self.counters["step"]
+        val_loss = validation_loss(self.model, self.val_batches)
+        improved = self.early.update({"step": step, "train_loss": train_loss,
+                                      "val_loss": val_loss})
+        if improved:
+            self.counters["best_step"] = step
+        self._emit({"kind": "eval", "step": step, "val_loss": val_loss, "best": improved,
+                    "bad_evals": self.early.bad_evals})
+        if improved:
+            self.save()
+
+    def fit(self) -> TrainResult:
+        """Train to ``total_steps`` (or early stop / interruption); see the module doc."""
+        cfg, self._stop_requested = self.config, False
+        resumed_from = self._resume()
+        flops = flops_per_token(self.model)
+        peak = matmul_peak_flops(self.device.type, self.params[0].dtype)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.counters["step"], desc="train",
+                   unit="step", disable=not self.progress)
+        steps_logged = [r for r in self.log.records() if r["kind"] == "step"]
+        loss = steps_logged[-1]["loss"] if steps_logged else math.nan
+        stopped_early = self.early.should_stop  # a resumed run that had already stopped
+        with self._ctrl_c_stops():
+            while self.counters["step"] < self.total_steps and not stopped_early:
+                start = time.perf_counter()
+                micro = [_to(self.loader.next(), self.device) for _ in range(cfg.grad_accum)]
+                tokens = sum(real_tokens(b) for b in micro)
+                accumulated = accumulate_gradients(self.model, micro)
+                outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
+                                        accumulated.loss)
+                lr = self.scheduler.get_last_lr()[0]
+                with warnings.catch_warnings():  # a skipped step still advances the schedule
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
+                self.counters["step"] += 1
+                self.counters["skipped"] += not outcome.stepped
+                seconds = time.perf_counter() - start
+                loss, step = accumulated.loss, self.counters["step"]
+                self._emit({
+                    "kind": "step", "step": step,
+                    "epoch": self.loader.epoch + self.loader.position / len(self.loader),
+                    "loss": loss, "lr": lr, "grad_norm": outcome.grad_norm,
+                    "stepped": outcome.stepped, "tokens": tokens,
+                    "targets": accumulated.targets, "tokens_per_s": tokens / seconds,
+                    "mfu": flops * tokens / seconds / peak, "memory_mb": self._memory_mb()})
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                if self.val_batches and (step % cfg.eval_every == 0 or step == self.total_steps):
+                    self._evaluate(loss)
+                    stopped_early = self.early.should_stop
+                if (step % cfg.save_every == 0 or step == self.total_steps or stopped_early
+                        or self._stop_requested):
+                    self.save()
+                if stopped_early or self._stop_requested:
+                    break
+        bar.close()
+        self.plot()
+        last = self.counters["step"]
+        written = self.checkpoints / step_dir_name(last)
+        return TrainResult(
+            steps=last, total_steps=self.total_steps, skipped_steps=self.counters["skipped"],
+            final_loss=loss, best_val_loss=None if math.isinf(self.early.best) else self.early.best,
+            best_step=self.counters["best_step"], stopped_early=stopped_early,
+            interrupted=self._stop_requested and not stopped_early and last < self.total_steps,
+            resumed_from=resumed_from, checkpoint=written if written.exists() else None,
+            run_dir=self.run_dir)
+
+    def _memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return rss_mb()
+
+    def plot(self) -> Path:
+        """Write ``training.png`` from the metrics log; returns its path."""
+        path = self.run_dir / "training.png"
+        fig = plot_training(self.log.records(), path)
+        plt.close(fig)
+        return path
