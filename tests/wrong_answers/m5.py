@@ -10,6 +10,19 @@ from ftlab.course.wrong import WrongAnswer, variant
 ROOT = Path(__file__).resolve().parents[2]
 
 WRONG_ANSWERS = [
+    WrongAnswer(task="M5.1", label="mean of batch means", message_contains=("mean of batch means",),
+                code=variant(ROOT, "M5.1",
+                             "nll -= float(log_probs[scored].sum())\n"
+                             "    count += int(scored.sum())\nloss = nll / count",
+                             "nll -= float(log_probs[scored].sum()) / int(scored.sum())\n"
+                             "    count += int(scored.sum())\nloss = nll / len(batches)")),
+    WrongAnswer(task="M5.2", label="prompt echoed into the answer",
+                message_contains=("prompt echoed into the answer",),
+                code=variant(ROOT, "M5.2", "return torch.stack(new, dim=1)",
+                             "return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)")),
+    WrongAnswer(task="M5.2", label="finished rows not padded",
+                message_contains=("keep the stop token, then pad",),
+                code=variant(ROOT, "M5.2", ".argmax(-1).masked_fill(done, pad_id)", ".argmax(-1)")),
     WrongAnswer(task="M5.3", label="merging into a 4-bit weight",
                 message_contains=("merging into a 4-bit weight",),
                 code='''
@@ -26,4 +39,25 @@ WRONG_ANSWERS = [
                 '''),
     WrongAnswer(task="M5.3", label="merged in place", message_contains=("merged in place",),
                 code=variant(ROOT, "M5.3", "merge_lora(copy.deepcopy(model))", "merge_lora(model)")),
+    WrongAnswer(task="M5.4", label="unpermuted Q/K", message_contains=("unpermuted Q/K",),
+                code=variant(ROOT, "M5.4", "per_head.transpose(1, 2).reshape(rows, cols)",
+                             "per_head.reshape(rows, cols)")),
+    WrongAnswer(task="M5.4", label="k_proj permuted with num_attention_heads (GQA ignored)",
+                message_contains=("num_key_value_heads for k_proj",),
+                code=variant(ROOT, "M5.4", '"self_attn.k_proj": config.num_key_value_heads',
+                             '"self_attn.k_proj": config.num_attention_heads')),
+    WrongAnswer(task="M5.4", label="inverse permutation (the GGUF -> HF direction)",
+                message_contains=("not into llama.cpp's layout",),
+                code=variant(ROOT, "M5.4",
+                             "per_head = tensor.reshape(heads, 2, rows // heads // 2, cols)",
+                             "per_head = tensor.reshape(heads, rows // heads // 2, 2, cols)")),
+    WrongAnswer(task="M5.4", label="attn_q misspelt", message_contains=("misspelt",),
+                code=variant(ROOT, "M5.4", '"attn_q"', '"attn_query"')),
+    WrongAnswer(task="M5.4", label="attn_norm and ffn_norm swapped", message_contains=("swapped",),
+                code=variant(ROOT, "M5.4",
+                             '"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"',
+                             '"input_layernorm": "ffn_norm", "post_attention_layernorm": "attn_norm"')),
+    WrongAnswer(task="M5.4", label="layer index lost", message_contains=("layer index lost",),
+                code=variant(ROOT, "M5.4", 'f"blk.{block}.{in_block[module]}.weight"',
+                             'f"blk.{in_block[module]}.weight"')),
 ]
