@@ -29,9 +29,9 @@ def _reference_nll(model, batches, response_only):
                 ids = batch["input_ids"][row, :real]
                 labels = batch["labels"][row, :real] if response_only else ids
                 logits = model(input_ids=ids[None]).logits[0, :-1]
-                scored = labels[1:] != -100
-                total += float(F.cross_entropy(logits[scored], labels[1:][scored], reduction="sum"))
-                count += int(scored.sum())
+                keep = labels[1:] != -100
+                total += float(F.cross_entropy(logits[keep], labels[1:][keep], reduction="sum"))
+                count += int(keep.sum())
     return total, count
 
 
