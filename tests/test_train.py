@@ -35,7 +35,7 @@ def _fit(folder, examples, val=None, model=None, callbacks=(), **settings):
     model = model if model is not None else lora_model(dropout=settings.pop("dropout", 0.0))
     cfg = TrainConfig(**{"lr": 1e-2, "warmup_ratio": 0.0, **settings})
     trainer = Trainer(model, examples, cfg, folder, PAD, val_examples=val, progress=False,
-                      callbacks=list(callbacks))
+                      max_length=64, callbacks=list(callbacks))
     return model, trainer, trainer.fit()
 
 
@@ -137,6 +137,25 @@ def test_length_grouping_cuts_padding_and_sees_every_example_once():
             seen = sorted(i for batch in loader.plan(epoch) for row in batch for i in row)
             assert seen == list(range(400))
     assert grouped.plan(0) != grouped.plan(1)
+
+
+def test_packed_training_counts_every_token_and_resumes_bit_identical(tmp_path):
+    examples = tiny_examples(24, seed=6, lengths=(4, 30))
+    settings = dict(max_steps=6, batch_size=2, packing=True, dropout=0.1, save_every=100)
+    straight, trainer, _ = _fit(tmp_path / "a", examples, **settings)
+    steps = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "step"]
+    per_epoch = len(trainer.loader)
+    assert sum(r["tokens"] for r in steps[:per_epoch]) == sum(len(e["input_ids"]) for e in examples)
+    box = {}
+    model = lora_model(0.1)
+    cfg = TrainConfig(lr=1e-2, warmup_ratio=0.0,
+                      **{k: v for k, v in settings.items() if k != "dropout"})
+    box["t"] = Trainer(model, examples, cfg, tmp_path / "b", PAD, progress=False,
+                       max_length=64, callbacks=[lambda r: r["step"] == 3 and box["t"].request_stop()])
+    box["t"].fit()
+    resumed, _, result = _fit(tmp_path / "b", examples, **settings)
+    assert result.resumed_from == 3
+    assert _max_diff(trainable_weights(resumed), trainable_weights(straight)) == 0
 
 
 # -- checkpoints ---------------------------------------------------------------------------

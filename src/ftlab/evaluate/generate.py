@@ -56,13 +56,13 @@ def answer_questions(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
     dropped) and, per reply, whether it ended with the end-of-turn token."""
     end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     stop_ids = sorted({end, tokenizer.eos_token_id} - {None})
+    device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     replies, ended = [], []
     try:
         for i in range(0, len(questions), batch_size):
             prompts = [chat_prompt(tokenizer, q) for q in questions[i:i + batch_size]]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            device = next(model.parameters()).device
             new = greedy_decode(model, enc.input_ids.to(device), enc.attention_mask.to(device),
                                 max_new_tokens, stop_ids, tokenizer.pad_token_id)
             for row in new.tolist():

@@ -100,6 +100,7 @@ def validation_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) ->
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The model inputs and labels of ``batch`` on ``device`` (bookkeeping keys dropped)."""
     return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS or k == "labels"}
 
 
@@ -269,8 +270,9 @@ class Trainer:
         with self._ctrl_c_stops():
             while self.counters["step"] < self.total_steps and not stopped_early:
                 start = time.perf_counter()
-                micro = [_to(self.loader.next(), self.device) for _ in range(cfg.grad_accum)]
-                tokens = sum(real_tokens(b) for b in micro)
+                batches = [self.loader.next() for _ in range(cfg.grad_accum)]
+                tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
+                micro = [_to(b, self.device) for b in batches]
                 accumulated = accumulate_gradients(self.model, micro)
                 outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
                                         accumulated.loss)
