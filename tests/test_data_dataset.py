@@ -130,3 +130,48 @@ def test_prepare_sft_filters_splits_and_tokenizes(tmp_path, tokenizer):
     assert all(eos in e["labels"] for e in prepared.train + prepared.validation)
     kept_all = prepare_sft(DataConfig(path=path, dedupe=False, validation_fraction=0.0), tokenizer)
     assert len(kept_all.train) == 40 and kept_all.filter_report is None
+
+
+def test_replay_blocks_are_pretraining_text_trained_on_every_token(tmp_path, tokenizer):
+    from ftlab.config import DataConfig
+    from ftlab.data import prepare_sft
+    from ftlab.data.replay import replay_count, replay_examples
+    from ftlab.paths import data_dir
+
+    assert [replay_count(70, f) for f in (0.0, 0.3, 0.5)] == [0, 30, 70]
+    corpus = data_dir() / "corpus/train.txt"
+    blocks = replay_examples(corpus, tokenizer, 5, 64, seed=1)
+    assert blocks == replay_examples(corpus, tokenizer, 5, 64, seed=1)
+    assert blocks != replay_examples(corpus, tokenizer, 5, 64, seed=2)
+    sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for block in blocks:
+        assert len(block["input_ids"]) == 64 and block["labels"] == block["input_ids"]
+        assert block["input_ids"][0] == sep  # starts at a document, as in pretraining
+        assert tokenizer.decode(block["input_ids"][1:20]).strip() in corpus.read_text()
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": f"Answer {i}."}]} for i in range(20)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    own = tmp_path / "general.txt"
+    own.write_text("One document.\nAnother document here.\n")
+    prepared = prepare_sft(DataConfig(path=path, validation_fraction=0.0, replay_fraction=0.5,
+                                      replay_path=own, max_length=16), tokenizer)
+    assert len(prepared.train) == 40 and prepared.replayed == 20
+    assert "20 of them general-text replay" in prepared.summary()
+    assert all(e["labels"] == e["input_ids"] for e in prepared.train[20:])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="no non-empty line"):
+        prepare_sft(DataConfig(path=path, replay_fraction=0.5, replay_path=empty), tokenizer)
+
+
+def test_preference_format_is_refused_by_sft(tokenizer):
+    from ftlab.config import DataConfig
+    from ftlab.data import prepare_sft
+    from ftlab.errors import ConfigError
+    from ftlab.paths import data_dir
+
+    with pytest.raises(ConfigError, match="preference records .* are for dpo stages"):
+        prepare_sft(DataConfig(path=data_dir() / "preferences/train.jsonl", format="preference"),
+                    tokenizer)

@@ -21,6 +21,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ftlab.pipeline.cli import run_command
+
+    return run_command(args.config, dry_run=args.dry_run, run_dir=args.run_dir, seed=args.seed,
+                       progress=not args.no_progress)
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from ftlab.doctor import render, report
 
@@ -133,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="meet the embedded base model: completions, chat, perplexity")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("run", help="the main job: run a pipeline config (default: the capstone, "
+                                   "SFT -> DPO -> merge -> export on the embedded model)")
+    p.add_argument("config", type=Path, nargs="?", default=None, metavar="CONFIG",
+                   help="YAML run config (default: configs/capstone.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print the plan; load and train nothing")
+    p.add_argument("--run-dir", type=Path, default=None, help="override the config's run_dir")
+    p.add_argument("--seed", type=int, default=None,
+                   help="override the run seed and every stage's train.seed and data.seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
     p = sub.add_parser("doctor", help="versions, CPU/CUDA, embedded model check, known traps")
     p.set_defaults(func=_cmd_doctor)
 

@@ -66,6 +66,7 @@ __all__ = [
     "StageConfig",
     "PipelineConfig",
     "load_config",
+    "register_stage_kind",
     "save_config",
     "defaults_table",
 ]
@@ -180,9 +181,11 @@ class DataConfig(_Section):
         "Omit it when `mixture` is given.",
         json_schema_extra=_hint(_DATA_FILE_HINT),
     )
-    format: Literal["auto", "alpaca", "prompt_completion", "question_answer", "messages", "sharegpt"] = Field(
+    format: Literal["auto", "alpaca", "prompt_completion", "question_answer", "messages", "sharegpt",
+                    "preference"] = Field(
         "auto",
-        description="Record schema; 'auto' detects it from the keys of the first record.",
+        description="Record schema; 'auto' detects it from the keys of the first record. dpo stages "
+        "read 'preference' records ({prompt, chosen, rejected}, TRL's format).",
     )
     max_length: int = Field(
         256,
@@ -207,6 +210,20 @@ class DataConfig(_Section):
         None,
         min_length=1,
         description="Weighted list of data files to mix instead of a single `path`.",
+    )
+    replay_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="Share of SFT training examples that are blocks of general text trained on every "
+        "token (replay against forgetting); 0 disables it. 0.5 keeps the embedded model's general-text "
+        "perplexity near the base.",
+    )
+    replay_path: DataFile | None = Field(
+        None,
+        description="Plain text file, one document per line, for replay; unset uses the embedded "
+        "corpus (data/corpus/train.txt).",
+        json_schema_extra=_hint(_DATA_FILE_HINT),
     )
 
     @model_validator(mode="after")
@@ -345,9 +362,17 @@ class EvalConfig(_Section):
         ge=0,
         description="Bootstrap resamples for confidence intervals; 0 disables intervals.",
     )
-    sets: list[str] = Field(
+    sets: Annotated[list[Literal["heldout_chat", "seen_chat"]], AfterValidator(_unique)] = Field(
         ["heldout_chat"],
-        description="Names of the evaluation sets to run (see data/eval/).",
+        min_length=1,
+        description="Question sets of the embedded world to answer (data/eval/<name>.jsonl): "
+        "'heldout_chat' (facts held out of SFT) and/or 'seen_chat' (facts SFT trained on).",
+    )
+    preference_path: DataFile | None = Field(
+        None,
+        description="Held-out preference pairs for preference accuracy and reward margins; unset uses "
+        "the embedded data/preferences/heldout.jsonl.",
+        json_schema_extra=_hint(_DATA_FILE_HINT),
     )
 
 
@@ -390,11 +415,32 @@ class DPOConfig(_Section):
     )
 
 
+STAGE_KINDS = ["sft", "dpo", "merge", "export", "eval"]
+"""Stage kinds a config may name: the built-in ones and any registered later."""
+
+
+def register_stage_kind(kind: str) -> None:
+    """Accept ``kind`` as a stage kind in configs (:func:`ftlab.pipeline.register_stage`
+    calls this)."""
+    if kind not in STAGE_KINDS:
+        STAGE_KINDS.append(kind)
+
+
+def _known_stage_kind(kind: str) -> str:
+    """Reject kinds no stage is registered for, with a did-you-mean."""
+    if kind not in STAGE_KINDS:
+        close = difflib.get_close_matches(kind, STAGE_KINDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown stage kind; known kinds: {', '.join(STAGE_KINDS)}{hint}")
+    return kind
+
+
 class StageConfig(_Section):
     """One step of a pipeline; sections left out use their defaults."""
 
-    kind: Literal["sft", "dpo", "merge", "export", "eval"] = Field(
-        description="What the stage does: sft, dpo, merge, export or eval.",
+    kind: Annotated[str, AfterValidator(_known_stage_kind)] = Field(
+        description="What the stage does: sft, dpo, merge, export or eval (or a kind registered "
+        "with ftlab.pipeline.register_stage).",
     )
     name: str | None = Field(
         None,

@@ -30,3 +30,11 @@ def data_dir() -> Path:
 def base_model_dir() -> Path:
     """Folder of the embedded base model (HF format, with tokenizer and provenance)."""
     return data_dir() / BASE_MODEL_DIRNAME
+
+
+def default_config() -> Path:
+    """The capstone config ``configs/capstone.yaml`` of the checkout (``ftlab run``'s default)."""
+    path = Path(__file__).resolve().parents[2] / "configs" / "capstone.yaml"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: default config not found; give a config path: ftlab run CONFIG")
+    return path

@@ -15,8 +15,13 @@ from ftlab.data.labels import tokenize_with_labels
 from ftlab.data.loading import LoadReport
 from ftlab.data.mixture import MixtureReport, load_data
 from ftlab.data.quality import FilterReport, quality_filter
+from ftlab.data.replay import replay_count, replay_examples
 from ftlab.data.split import train_val_split
-from ftlab.errors import DataError
+from ftlab.errors import ConfigError, DataError
+from ftlab.paths import data_dir
+
+REPLAY_TEXT = "corpus/train.txt"
+"""The embedded replay text, relative to the data folder."""
 
 
 @dataclass
@@ -27,18 +32,25 @@ class PreparedData:
     validation: list[dict[str, list[int]]]
     load_report: LoadReport | MixtureReport
     filter_report: FilterReport | None
+    replayed: int = 0
+    """How many of ``train`` (the last ones) are general-text replay blocks."""
 
     def summary(self) -> str:
-        return (f"{len(self.train)} training and {len(self.validation)} validation examples "
-                f"({self.filter_report.summary() if self.filter_report else 'no filter'})")
+        replay = f", {self.replayed} of them general-text replay" if self.replayed else ""
+        return (f"{len(self.train)} training{replay} and {len(self.validation)} validation "
+                f"examples ({self.filter_report.summary() if self.filter_report else 'no filter'})")
 
 
 def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, filter, split and tokenize the data ``config`` names.
+    """Load, filter, split and tokenize the data ``config`` names; then add
+    ``replay_fraction`` general-text blocks (:mod:`ftlab.data.replay`) to the training set.
 
     With ``config.dedupe`` off, only the per-record checks of the filter run (empty and
     short responses). Raises :class:`DataError` when nothing is left to train on.
     """
+    if config.format == "preference":
+        raise ConfigError("data.format: preference records ({prompt, chosen, rejected}) are for "
+                          "dpo stages; an sft stage reads conversations (messages, alpaca, ...)")
     examples, load_report = load_data(config)
     conversations = [e.conversation for e in examples]
     if config.dedupe:
@@ -54,4 +66,11 @@ def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
     train, validation = train_val_split(kept, config.validation_fraction, config.seed)
     tokenize = lambda convs: [tokenize_with_labels(c, tokenizer, config.max_length)  # noqa: E731
                               for c in convs]
-    return PreparedData(tokenize(train), tokenize(validation), load_report, filter_report)
+    train_examples = tokenize(train)
+    replay = []
+    if config.replay_fraction:
+        replay = replay_examples(config.replay_path or data_dir() / REPLAY_TEXT, tokenizer,
+                                 replay_count(len(train_examples), config.replay_fraction),
+                                 config.max_length, config.seed)
+    return PreparedData(train_examples + replay, tokenize(validation), load_report,
+                        filter_report, replayed=len(replay))

@@ -17,11 +17,12 @@ from ftlab.train.metrics import MetricsLog, flops_per_token, plot_training, read
 from ftlab.train.schedule import lr_factor, make_scheduler, warmup_steps_for
 from ftlab.train.step import (Accumulated, StepOutcome, accumulate_gradients, clip_and_step,
                               count_targets, target_loss_sum)
-from ftlab.train.trainer import Trainer, TrainResult, seed_everything, validation_loss
+from ftlab.train.objective import Objective, SFTObjective, validation_loss
+from ftlab.train.trainer import Trainer, TrainResult, seed_everything
 
 __all__ = [
     "Accumulated", "BatchLoader", "Checkpoint", "CheckpointWarning", "EarlyStopping",
-    "MetricsLog", "StepOutcome", "TrainResult", "Trainer", "accumulate_gradients",
+    "MetricsLog", "Objective", "SFTObjective", "StepOutcome", "TrainResult", "Trainer", "accumulate_gradients",
     "checkpoint_problems", "clip_and_step", "count_targets", "flops_per_token",
     "latest_good_checkpoint", "list_checkpoints", "load_checkpoint", "lr_factor",
     "make_scheduler", "pack", "pack_rows", "plot_training", "read_metrics", "real_tokens",

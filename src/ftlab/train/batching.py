@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 
@@ -86,7 +87,9 @@ class BatchLoader:
 
     def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int,
                  seed: int = 0, group_by_length: bool = True, packing: bool = False,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None,
+                 collate_fn: Callable[[list[dict], int], dict[str, torch.Tensor]] = collate
+                 ) -> None:
         if not examples:
             raise ValueError("no training examples")
         if packing and max_length is None:
@@ -94,6 +97,7 @@ class BatchLoader:
         self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
         self.seed, self.group_by_length = seed, group_by_length
         self.packing, self.max_length = packing, max_length
+        self.collate_fn = collate_fn
         self.epoch, self.position = 0, 0
         self._plan_epoch, self._plan = -1, []
         self._length = len(self.plan(0))  # the same for every epoch
@@ -128,7 +132,7 @@ class BatchLoader:
         """The tensors of one planned micro-batch."""
         if self.packing:
             return pack([[self.examples[i] for i in row] for row in rows], self.pad_id)
-        return collate([self.examples[row[0]] for row in rows], self.pad_id)
+        return self.collate_fn([self.examples[row[0]] for row in rows], self.pad_id)
 
     def next(self) -> dict[str, torch.Tensor]:
         """The next micro-batch; moves to the next epoch after the last one."""

@@ -9,7 +9,7 @@ shifted; :func:`target_loss_sum` shifts them, as transformers' models do.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,12 @@ def target_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
 @dataclass(frozen=True)
 class Accumulated:
     """What :func:`accumulate_gradients` did: the step's loss (mean over its trained
-    tokens) and how many trained tokens it saw."""
+    tokens) and how many trained tokens it saw. Other objectives (DPO) add their own
+    per-step figures in ``metrics``; the trainer logs them with the step."""
 
     loss: float
     targets: int
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]

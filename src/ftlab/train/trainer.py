@@ -38,7 +38,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ftlab.config import TrainConfig
-from ftlab.data.collate import collate
 from ftlab.errors import ConfigError
 from ftlab.quant.memory import rss_mb
 from ftlab.train.batching import BatchLoader, real_tokens
@@ -49,8 +48,8 @@ from ftlab.train.early_stopping import EarlyStopping
 from ftlab.train.metrics import (MetricsLog, flops_per_token, matmul_peak_flops,
                                  plot_training)
 from ftlab.train.schedule import make_scheduler
-from ftlab.train.step import (MODEL_INPUTS, accumulate_gradients, clip_and_step,
-                              count_targets, target_loss_sum)
+from ftlab.train.objective import Objective, SFTObjective
+from ftlab.train.step import clip_and_step
 
 SAME_RUN_KEYS = ("lr", "batch_size", "grad_accum", "warmup_ratio", "min_lr_ratio",
                  "weight_decay", "max_grad_norm", "group_by_length", "packing", "optimizer",
@@ -85,23 +84,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validation_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Mean cross-entropy over every trained token of ``batches`` (token-weighted), in eval
-    mode without gradients; the model's train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            total += float(target_loss_sum(model, batch))
-            count += count_targets(batch)
-    model.train(was_training)
-    return total / count if count else math.nan
-
-
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The model inputs and labels of ``batch`` on ``device`` (bookkeeping keys dropped)."""
-    return {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS or k == "labels"}
+    """The tensors of ``batch`` on ``device`` (the ``real_tokens`` count dropped)."""
+    return {k: v.to(device) for k, v in batch.items() if k != "real_tokens"}
 
 
 class Trainer:
@@ -110,23 +95,31 @@ class Trainer:
     ``train_examples`` / ``val_examples``: lists of ``{"input_ids", "labels"}`` (from
     :func:`ftlab.data.tokenize_with_labels`). ``max_length`` is the packed row length
     (needed when ``config.packing``). ``callbacks`` are called with every metrics record
-    as it is written (live plots, tests). ``progress``: show a tqdm bar.
+    as it is written (live plots, tests). ``progress``: show a tqdm bar. ``objective``
+    (default :class:`~ftlab.train.objective.SFTObjective`) decides what a batch is and
+    what its loss is; examples are whatever it collates (DPO: pairs).
     """
 
     def __init__(self, model: nn.Module, train_examples: list[dict], config: TrainConfig,
                  run_dir: Path | str, pad_id: int, val_examples: list[dict] | None = None,
                  max_length: int | None = None, callbacks: list[Callable[[dict], None]] = (),
-                 progress: bool = True) -> None:
+                 progress: bool = True, objective: Objective | None = None) -> None:
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        self.objective = objective or SFTObjective()
+        if config.packing and not self.objective.supports_packing:
+            raise ConfigError(f"train.packing: the {self.objective.name} objective does not "
+                              "support packing; set packing: false")
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError("the model has no trainable parameters: inject adapters "
                               "(ftlab.lora.inject_lora) or unfreeze parameters first")
         self.device = self.params[0].device
         self.loader = BatchLoader(train_examples, config.batch_size, pad_id, config.seed,
-                                  config.group_by_length, config.packing, max_length)
+                                  config.group_by_length, config.packing, max_length,
+                                  self.objective.collate)
         val = sorted(val_examples or [], key=lambda e: len(e["input_ids"]))
-        self.val_batches = [collate(val[i:i + config.batch_size], pad_id)
+        self.val_batches = [_to(self.objective.collate(val[i:i + config.batch_size], pad_id),
+                                self.device)
                             for i in range(0, len(val), config.batch_size)]
         micro_per_epoch = len(self.loader)
         self.total_steps = config.max_steps or max(
@@ -164,6 +157,7 @@ class Trainer:
     def checkpoint_config(self) -> dict:
         """What a checkpoint records about the run (``config.json``)."""
         return {"train": self.config.model_dump(mode="json"), "total_steps": self.total_steps,
+                "objective": {"name": self.objective.name, **self.objective.settings()},
                 "train_examples": len(self.loader.examples),
                 "trainable": sum(p.numel() for p in self.params)}
 
@@ -173,7 +167,7 @@ class Trainer:
         diffs = [f"{k}: {saved['train'].get(k)!r} -> {ours['train'][k]!r}"
                  for k in SAME_RUN_KEYS if saved["train"].get(k) != ours["train"][k]]
         diffs += [f"{k}: {saved.get(k)!r} -> {ours[k]!r}"
-                  for k in ("train_examples", "trainable") if saved.get(k) != ours[k]]
+                  for k in ("objective", "train_examples", "trainable") if saved.get(k) != ours[k]]
         if diffs:
             raise ConfigError(f"{self.checkpoints}: the checkpoints there belong to a run with "
                               f"other settings ({'; '.join(diffs)}); resuming would not "
@@ -245,12 +239,11 @@ class Trainer:
 
     def _evaluate(self, train_loss: float) -> None:
         step = self.counters["step"]
-        val_loss = validation_loss(self.model, self.val_batches)
-        improved = self.early.update({"step": step, "train_loss": train_loss,
-                                      "val_loss": val_loss})
+        figures = self.objective.evaluate(self.model, self.val_batches)
+        improved = self.early.update({"step": step, "train_loss": train_loss, **figures})
         if improved:
             self.counters["best_step"] = step
-        self._emit({"kind": "eval", "step": step, "val_loss": val_loss, "best": improved,
+        self._emit({"kind": "eval", "step": step, **figures, "best": improved,
                     "bad_evals": self.early.bad_evals})
         if improved:
             self.save()
@@ -273,7 +266,7 @@ class Trainer:
                 batches = [self.loader.next() for _ in range(cfg.grad_accum)]
                 tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
                 micro = [_to(b, self.device) for b in batches]
-                accumulated = accumulate_gradients(self.model, micro)
+                accumulated = self.objective.accumulate(self.model, micro)
                 outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
                                         accumulated.loss)
                 lr = self.scheduler.get_last_lr()[0]
@@ -290,7 +283,8 @@ class Trainer:
                     "loss": loss, "lr": lr, "grad_norm": outcome.grad_norm,
                     "stepped": outcome.stepped, "tokens": tokens,
                     "targets": accumulated.targets, "tokens_per_s": tokens / seconds,
-                    "mfu": flops * tokens / seconds / peak, "memory_mb": self._memory_mb()})
+                    "mfu": flops * tokens / seconds / peak, "memory_mb": self._memory_mb(),
+                    **accumulated.metrics})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if self.val_batches and (step % cfg.eval_every == 0 or step == self.total_steps):

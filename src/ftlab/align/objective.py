@@ -1,0 +1,153 @@
+"""DPO as a trainer objective (given): pairs in, C.1 and C.2 inside, reward figures out.
+
+Examples are tokenized pairs (:func:`ftlab.align.tokenize_pair`) carrying the reference
+model's log-probs (:func:`add_reference_logprobs`, computed once before training: the
+reference never changes, so there is no second model in memory during training). A
+micro-batch stacks the chosen rows on top of the rejected rows, as TRL does, so one
+forward pass scores both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ftlab.align.logprobs import response_logprobs
+from ftlab.align.loss import dpo_loss
+from ftlab.data.collate import collate
+from ftlab.train.step import Accumulated, count_targets
+
+REFERENCE_KEYS = ("reference_chosen", "reference_rejected")
+
+
+def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """One micro-batch of ``n`` pairs: ``input_ids`` / ``labels`` / ``attention_mask`` of
+    shape (2n, longest) — rows ``0..n-1`` chosen, ``n..2n-1`` rejected — and
+    ``reference_logps`` (2n,) in the same order when the examples carry them."""
+    rows = ([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+            + [{"input_ids": e["rejected_input_ids"], "labels": e["rejected_labels"]}
+               for e in examples])
+    batch = collate(rows, pad_id)
+    if all(k in e for e in examples for k in REFERENCE_KEYS):
+        batch["reference_logps"] = torch.tensor(
+            [e["reference_chosen"] for e in examples]
+            + [e["reference_rejected"] for e in examples], dtype=torch.float64)
+    return batch
+
+
+@torch.no_grad()
+def add_reference_logprobs(model: nn.Module, examples: list[dict], pad_id: int,
+                           batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """Each example with ``reference_chosen`` / ``reference_rejected``: its sequence
+    log-probs under ``model`` as it is now (eval mode, no gradients). Call it on the policy
+    before DPO training, while its fresh adapters are still zero, so the reference is
+    exactly the starting model."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs",
+                      disable=not progress):
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        chosen, rejected = response_logprobs(model, batch).double().chunk(2)
+        out += [{**e, "reference_chosen": float(c), "reference_rejected": float(r)}
+                for e, c, r in zip(chunk, chosen, rejected)]
+    model.train(was_training)
+    return out
+
+
+class _Tally:
+    """Sums of a step's or an evaluation's pair figures."""
+
+    def __init__(self) -> None:
+        self.pairs = self.tokens = 0
+        self.dpo = self.nll = self.correct = self.margin = 0.0
+
+    def add(self, out, chosen_logps: torch.Tensor, chosen_tokens: int) -> None:
+        self.pairs += len(out.losses)
+        self.tokens += chosen_tokens
+        self.dpo += float(out.losses.detach().sum())
+        self.nll -= float(chosen_logps)
+        self.correct += float((out.margins > 0).sum())
+        self.margin += float(out.margins.sum())
+
+    def figures(self, prefix: str = "") -> dict[str, float]:
+        """Means: DPO loss and reward margin per pair, SFT loss per chosen token, accuracy."""
+        return {f"{prefix}dpo_loss": self.dpo / self.pairs,
+                f"{prefix}sft_loss": self.nll / max(self.tokens, 1),
+                f"{prefix}reward_accuracy": self.correct / self.pairs,
+                f"{prefix}reward_margin": self.margin / self.pairs}
+
+
+class DPOObjective:
+    """DPO (sigmoid, ``beta``) plus ``sft_weight`` x the chosen replies' cross-entropy.
+
+    The SFT term is TRL's ``loss_type=["sigmoid", "sft"]`` with weights ``[1, sft_weight]``:
+    the mean negative log-likelihood over the chosen responses' tokens. On a small model it
+    keeps DPO from pushing both responses' likelihoods down (plain DPO degenerates there).
+
+    Accumulation follows M4.2: the DPO term is a mean over all pairs of the step and the SFT
+    term a mean over all chosen tokens of the step, so the gradient does not depend on the
+    micro-batch split.
+    """
+
+    name = "dpo"
+    supports_packing = False
+
+    def __init__(self, beta: float, sft_weight: float = 0.0) -> None:
+        self.beta, self.sft_weight = beta, sft_weight
+
+    def settings(self) -> dict:
+        return {"beta": self.beta, "sft_weight": self.sft_weight}
+
+    def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        batch = collate_pairs(examples, pad_id)
+        if "reference_logps" not in batch:
+            raise ValueError("DPO examples need reference log-probs: call "
+                             "ftlab.align.add_reference_logprobs(model, examples, pad_id) first")
+        return batch
+
+    def _terms(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        """(DPO output, chosen log-prob sum, chosen token count) of one micro-batch."""
+        policy_chosen, policy_rejected = response_logprobs(model, batch).chunk(2)
+        reference = batch["reference_logps"].to(policy_chosen.dtype)
+        reference_chosen, reference_rejected = reference.chunk(2)
+        out = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+                       self.beta)
+        chosen_tokens = count_targets({"labels": batch["labels"][:len(policy_chosen)]})
+        return out, policy_chosen.sum(), chosen_tokens
+
+    def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
+                   ) -> Accumulated:
+        pairs = sum(len(b["input_ids"]) // 2 for b in micro_batches)
+        tokens = sum(count_targets({"labels": b["labels"][:len(b["input_ids"]) // 2]})
+                     for b in micro_batches)
+        if pairs == 0 or tokens == 0:
+            return Accumulated(loss=math.nan, targets=0)
+        loss, tally = 0.0, _Tally()
+        for batch in micro_batches:
+            out, chosen_logps, chosen_tokens = self._terms(model, batch)
+            part = out.losses.sum() / pairs - self.sft_weight * chosen_logps / tokens
+            part.backward()
+            loss += part.item()
+            tally.add(out, chosen_logps.detach(), chosen_tokens)
+        return Accumulated(loss=loss, targets=tokens, metrics=tally.figures())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]
+                 ) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        tally = _Tally()
+        for batch in batches:
+            tally.add(*self._terms(model, batch))
+        model.train(was_training)
+        if not tally.pairs:
+            return {"val_loss": math.nan}
+        figures = tally.figures("val_")
+        return {"val_loss": figures["val_dpo_loss"] + self.sft_weight * figures["val_sft_loss"],
+                **figures}

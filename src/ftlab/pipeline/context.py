@@ -1,0 +1,107 @@
+"""What flows between stages: model references, stage results, the stage context (given).
+
+A model is passed on as a :class:`ModelRef` — a model folder (or ``embedded``, or a Hub id)
+plus the adapter folders trained on it so far, in order — never as an in-memory object, so
+a resumed run rebuilds exactly the model a completed stage handed on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from ftlab.config import ModelConfig, PipelineConfig, StageConfig
+from ftlab.lora import load_adapter, merge_lora
+from ftlab.models.load import load_base_model, load_tokenizer
+
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model: ``path`` (a HF model folder, ``embedded`` or a cached Hub id) with the PEFT
+    adapter folders in ``adapters`` merged on top, in order."""
+
+    path: str
+    adapters: tuple[str, ...] = ()
+
+    def with_adapter(self, folder: Path) -> ModelRef:
+        return ModelRef(self.path, (*self.adapters, str(folder)))
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "adapters": list(self.adapters)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelRef:
+        return cls(data["path"], tuple(data["adapters"]))
+
+
+def load_model(ref: ModelRef, dtype: str = "float32", keep_last_adapter: bool = False
+               ) -> nn.Module:
+    """Load ``ref`` in eval mode: the model, then each adapter injected and merged in float32.
+
+    ``keep_last_adapter``: leave the newest adapter unmerged (LoRA layers in place), for a
+    merge stage that verifies its own merge. Without adapters the weights load in ``dtype``;
+    with adapters they load in float32 (merging never happens in low precision).
+    """
+    torch_dtype = getattr(torch, dtype) if not ref.adapters else torch.float32
+    if ref.path == EMBEDDED:
+        model, _ = load_base_model(dtype=torch_dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype)
+    for i, adapter in enumerate(ref.adapters):
+        load_adapter(model, Path(adapter))
+        if not (keep_last_adapter and i == len(ref.adapters) - 1):
+            merge_lora(model)
+    return model.eval()
+
+
+def load_model_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of the run's base model (``embedded`` or a folder / cached Hub id)."""
+    if config.name_or_path == EMBEDDED:
+        return load_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(config.name_or_path)
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: the model after it, its figures and files.
+
+    ``metrics``: flat name -> number (exact match, losses, sizes...). ``artifacts``: name ->
+    path of files it wrote (adapter, merged model, GGUF, plots). ``curves``: name -> list of
+    ``[step, value]`` for the report's loss plot.
+    """
+
+    model: ModelRef
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["model"] = self.model.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> StageResult:
+        return cls(**{**data, "model": ModelRef.from_json(data["model"])})
+
+
+@dataclass
+class StageContext:
+    """Everything a stage's ``run`` gets: the whole run config, its own config, its folder,
+    the model it starts from, the tokenizer, and whether to show progress bars."""
+
+    run: PipelineConfig
+    stage: StageConfig
+    folder: Path
+    model: ModelRef
+    tokenizer: PreTrainedTokenizerBase
+    progress: bool = True

@@ -1,0 +1,85 @@
+"""The stage registry: what each ``kind`` in a run config does (given).
+
+A stage is a class with a ``kind``, the config sections it reads, a ``check`` run before
+anything trains (``--dry-run`` prints the plan it validates) and a ``run``. Registering a
+new kind (GRPO, distillation, ...) is one decorator; the runner never changes::
+
+    @register_stage
+    class DistillStage(Stage):
+        kind = "distill"
+        sections = ("data", "train")
+        def run(self, ctx): ...
+
+A kind must also be accepted by the config schema: built-in kinds are; a new one is added
+with :func:`ftlab.config.register_stage_kind` (the decorator does it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from ftlab.config import StageConfig, register_stage_kind
+from ftlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ftlab.pipeline.context import StageContext, StageResult
+
+
+class Stage:
+    """Base class of pipeline stages.
+
+    ``kind``: the config's ``kind`` value. ``sections``: the stage-config sections it reads
+    (others given in the config are reported as unused by :meth:`check`). ``trains``: whether
+    it adds an adapter (the runner evaluates the model after training stages). ``needs_adapter``:
+    it works on the input model's newest adapter (merge).
+    """
+
+    kind: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]] = ()
+    trains: ClassVar[bool] = False
+    needs_adapter: ClassVar[bool] = False
+
+    def __init__(self, config: StageConfig) -> None:
+        self.config = config
+
+    def check(self, has_adapter: bool) -> list[str]:
+        """Problems with this stage's config, given whether its input model will carry an
+        unmerged adapter; empty when fine. Runs before anything is loaded or trained."""
+        problems = []
+        unused = [s for s in ("data", "lora", "quant", "train", "eval", "export", "dpo")
+                  if getattr(self.config, s) is not None and s not in self.sections]
+        if unused:
+            problems.append(f"section(s) {unused} are not used by a {self.kind} stage "
+                            f"(it reads {list(self.sections) or 'none'})")
+        if self.needs_adapter and not has_adapter:
+            problems.append(f"a {self.kind} stage needs a trained adapter before it: put an "
+                            "sft or dpo stage with LoRA earlier")
+        return problems
+
+    def describe(self) -> str:
+        """One line for the printed plan."""
+        return self.kind
+
+    def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+STAGES: dict[str, type[Stage]] = {}
+"""Registered stage classes by kind."""
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make ``cls`` the stage of ``cls.kind`` (and a valid config kind)."""
+    register_stage_kind(cls.kind)
+    STAGES[cls.kind] = cls
+    return cls
+
+
+def stage_for(config: StageConfig) -> Stage:
+    """The registered stage of ``config.kind``, built for ``config``."""
+    from ftlab.pipeline import stages  # noqa: F401  (registers the built-in stages)
+
+    if config.kind not in STAGES:
+        raise ConfigError(f"stage '{config.name}': no stage is registered for kind "
+                          f"'{config.kind}' (known: {', '.join(sorted(STAGES))})")
+    return STAGES[config.kind](config)

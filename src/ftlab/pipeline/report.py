@@ -1,0 +1,142 @@
+"""The run report (given): ``report.md``, ``metrics.json`` and plots, after every stage.
+
+The summary table has one row per measured model — the base, then each stage that trains
+or evaluates — with held-out exact match, preferred style, stopping at end-of-turn,
+general-text perplexity (and its ratio to the base: forgetting) and preference accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ftlab.config import PipelineConfig  # noqa: E402
+
+COLUMNS = [("exact_match", "exact match", "{:.1%}"), ("polite", "polite", "{:.1%}"),
+           ("ended", "ends at end-of-turn", "{:.1%}"), ("general_ppl", "general ppl", "{:.2f}"),
+           ("preference_accuracy", "prefers chosen", "{:.1%}")]
+"""Measured figures shown for every row: (key, header, format)."""
+
+
+def measured_rows(state: dict, names: list[str]) -> list[tuple[str, dict[str, float]]]:
+    """(row name, figures) for the base and every completed stage that measured its model."""
+    rows = [("base", state["baseline"]["metrics"])] if state.get("baseline") else []
+    for name in names:
+        record = state["stages"].get(name)
+        if record and "eval/exact_match" in record["result"]["metrics"]:
+            metrics = record["result"]["metrics"]
+            rows.append((name, {k[5:]: v for k, v in metrics.items() if k.startswith("eval/")}))
+    return rows
+
+
+def summary_table(state: dict, names: list[str]) -> str:
+    """The markdown summary table (also what ``ftlab run`` prints)."""
+    rows = measured_rows(state, names)
+    head = ["model", *(h for _, h, _ in COLUMNS), "ppl vs base"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    base_ppl = rows[0][1].get("general_ppl") if rows else None
+    for name, figures in rows:
+        cells = [fmt.format(figures[key]) if key in figures else "—" for key, _, fmt in COLUMNS]
+        ratio = (f"{figures['general_ppl'] / base_ppl:.2f}x"
+                 if base_ppl and "general_ppl" in figures else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def _stage_lines(name: str, kind: str, record: dict | None) -> list[str]:
+    """A report section for one stage: its figures, files and sample replies."""
+    if record is None:
+        return [f"### {name} ({kind})", "", "not run yet", ""]
+    result = record["result"]
+    lines = [f"### {name} ({kind})", ""]
+    figures = {k: v for k, v in result["metrics"].items() if not k.startswith("eval/")}
+    if figures:
+        lines += ["| figure | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in figures.items()]
+        lines.append("")
+    lines += [f"- {k}: `{v}`" for k, v in result["artifacts"].items()]
+    if result["samples"]:
+        lines += ["", "Sample replies (held-out questions):", ""]
+        lines += [f"- *{s['question']}* → {s['reply']!r}" for s in result["samples"]]
+    return [*lines, ""]
+
+
+def plot_losses(state: dict, names: list[str], path: Path) -> None:
+    """Training loss (and validation loss) of each training stage, side by side."""
+    curves = [(n, state["stages"][n]["result"]["curves"]) for n in names
+              if n in state["stages"] and state["stages"][n]["result"]["curves"]]
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
+    for ax, (name, curve) in zip(axes[0], curves):
+        for key, style in (("loss", "-"), ("val_loss", "o-")):
+            if curve.get(key):
+                steps, values = zip(*curve[key])
+                ax.plot(steps, values, style, label=key, markersize=3)
+        ax.set(title=f"{name}: loss", xlabel="step")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_measurements(state: dict, names: list[str], path: Path) -> None:
+    """Exact match, polite rate, preference accuracy and general perplexity per model."""
+    rows = measured_rows(state, names)
+    if not rows:
+        return
+    fig, (rates, ppl) = plt.subplots(1, 2, figsize=(10, 3.4))
+    labels = [name for name, _ in rows]
+    keys = [("exact_match", "exact match"), ("polite", "polite"),
+            ("preference_accuracy", "prefers chosen")]
+    width = 0.8 / len(keys)
+    for i, (key, label) in enumerate(keys):
+        rates.bar([x + (i - 1) * width for x in range(len(rows))],
+                  [figures.get(key, 0) for _, figures in rows], width, label=label)
+    rates.set(xticks=range(len(rows)), xticklabels=labels, ylim=(0, 1.05),
+              title="held-out figures per stage")
+    rates.legend(fontsize=8)
+    ppl.plot(labels, [figures.get("general_ppl", float("nan")) for _, figures in rows], "o-")
+    base = rows[0][1].get("general_ppl")
+    if base:
+        ppl.axhline(1.5 * base, color="grey", ls="--", label="1.5x base")
+        ppl.legend(fontsize=8)
+    ppl.set(title="forgetting: general-text perplexity", ylabel="perplexity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, config: PipelineConfig, state: dict, planned: list) -> dict:
+    """Write ``report.md``, ``metrics.json`` and ``plots/`` for the run so far; returns the
+    ``metrics.json`` content."""
+    names = [p.name for p in planned]
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_losses(state, names, plots / "losses.png")
+    plot_measurements(state, names, plots / "measurements.png")
+    summary = {"baseline": state.get("baseline"),
+               "stages": {n: state["stages"][n]["result"] for n in names if n in state["stages"]},
+               "summary_table": summary_table(state, names)}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [f"# ftlab run report — {run_dir.name}", "",
+             f"Base model: `{config.model.name_or_path}`, seed {config.seed}. "
+             f"Stages: {' → '.join(f'{p.name} ({p.config.kind})' for p in planned)}.", "",
+             "## Summary", "", summary["summary_table"], "",
+             "Held-out questions are about facts no SFT example mentions; *polite* is the "
+             "preferred style of the preference data; *general ppl* is perplexity on held-out "
+             "pretraining text (forgetting: the ratio to the base).", "",
+             "![losses](plots/losses.png)", "", "![measurements](plots/measurements.png)", "",
+             "## Stages", ""]
+    for p in planned:
+        lines += _stage_lines(p.name, p.config.kind, state["stages"].get(p.name))
+    if state.get("baseline"):
+        lines += ["## Base model sample replies", ""]
+        lines += [f"- *{s['question']}* → {s['reply']!r}" for s in state["baseline"]["samples"]]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    return summary

@@ -1,0 +1,92 @@
+"""The training stages' work (given): build the trainable model, train with a backend.
+
+Two backends per objective, same data, same adapters:
+
+* ``ftlab`` — the course's :class:`~ftlab.train.Trainer` with :class:`SFTObjective` or
+  :class:`~ftlab.align.DPOObjective` (C.1, C.2), our LoRA / QLoRA layers.
+* ``trl`` — ``trl.SFTTrainer`` / ``trl.DPOTrainer`` with a PEFT ``LoraConfig``, fed the same
+  tokenized examples; the adapter is saved in PEFT format and read back by
+  :func:`ftlab.lora.load_adapter`.
+
+Either way the stage ends with a PEFT adapter folder and the metrics log of its run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftlab.config import LoRAConfig, QuantConfig, StageConfig, TrainConfig
+from ftlab.errors import ConfigError
+from ftlab.lora import find_target_modules, inject_lora, save_adapter
+from ftlab.pipeline.context import ModelRef, load_model
+from ftlab.quant import quantize_model
+from ftlab.train import Trainer, seed_everything
+from ftlab.train.objective import Objective
+
+
+def target_names(model: nn.Module, lora: LoRAConfig) -> list[str]:
+    """Full names of the linear layers that get adapters."""
+    return find_target_modules(model, None if lora.target_modules == "auto" else lora.target_modules)
+
+
+def trainable_model(ref: ModelRef, dtype: str, lora: LoRAConfig, quant: QuantConfig,
+                    seed: int) -> nn.Module:
+    """``ref`` loaded (earlier adapters merged), optionally quantized to 4 bits, with fresh
+    LoRA adapters (seeded: ``seed``) on the target layers; only the adapters train."""
+    model = load_model(ref, dtype)
+    names = target_names(model, lora)
+    if quant.enabled:
+        model = _quantized(model, ref, names, quant)
+    seed_everything(seed)
+    return inject_lora(model, names, lora.r, lora.alpha, lora.dropout)
+
+
+def _quantized(model: nn.Module, ref: ModelRef, names: list[str], quant: QuantConfig
+               ) -> nn.Module:
+    """``model`` with the target layers in 4 bits (ftlab's NF4 or bitsandbytes)."""
+    compute = None if quant.compute_dtype == "auto" else getattr(torch, quant.compute_dtype)
+    if quant.backend == "ftlab":
+        if quant.quant_type != "nf4":
+            raise ConfigError("quant.quant_type: the ftlab backend implements nf4 only; use "
+                              "backend: bitsandbytes for fp4")
+        return quantize_model(model, names, quant.block_size, quant.double_quant, compute)
+    from ftlab.quant.bnb import load_quantized
+
+    with tempfile.TemporaryDirectory() as folder:  # bitsandbytes quantizes while loading
+        model.save_pretrained(folder)
+        return load_quantized(folder, 4, quant.quant_type, quant.double_quant, compute,
+                              device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_ftlab(model: nn.Module, train: list[dict], validation: list[dict],
+                config: TrainConfig, folder: Path, pad_id: int, max_length: int,
+                objective: Objective, progress: bool) -> dict[str, float]:
+    """Train with our Trainer into ``folder/train`` (resumable); returns its figures."""
+    trainer = Trainer(model, train, config, folder / "train", pad_id, validation, max_length,
+                      progress=progress, objective=objective)
+    result = trainer.fit()
+    return {"steps": result.steps, "final_loss": result.final_loss,
+            **({"best_val_loss": result.best_val_loss} if result.best_val_loss is not None else {})}
+
+
+def training_curves(folder: Path) -> dict[str, list[list[float]]]:
+    """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log."""
+    path = folder / "train" / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {"loss": [[r["step"], r["loss"]] for r in records if r["kind"] == "step"],
+            "val_loss": [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]}
+
+
+def save_trained_adapter(model: nn.Module, folder: Path, base: str) -> Path:
+    """Write the stage's adapter as a PEFT folder ``folder/adapter``."""
+    return save_adapter(model, folder / "adapter", base_model_name_or_path=base)
+
+
+def stage_train_config(stage: StageConfig) -> TrainConfig:
+    """The stage's train section (defaults when absent)."""
+    return stage.train or TrainConfig()

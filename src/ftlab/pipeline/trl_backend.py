@@ -1,0 +1,118 @@
+"""The ``trl`` backend of the training stages (given): TRL's trainers on the same data.
+
+SFT: ``trl.SFTTrainer`` is given our tokenized examples (``input_ids`` + ``labels``, replay
+included), so both backends train exactly the same tokens. DPO: ``trl.DPOTrainer`` is given
+the preference records and tokenizes them itself (its completion also scores the newline the
+chat template puts after ``<|im_end|>``; ours stops at the end-of-turn token the model
+generates — one token per reply). Both train a PEFT ``LoraConfig`` equal to the stage's
+``lora`` section; the adapter is saved in PEFT format. TRL runs are not resumable mid-stage
+(a rerun of the stage starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ftlab.config import DPOConfig, LoRAConfig, TrainConfig
+
+
+def training_arguments(config: TrainConfig, folder: Path, progress: bool, evaluate: bool) -> dict:
+    """transformers ``TrainingArguments`` keywords equal to our ``train`` section
+    (``evaluate``: there is a validation set to score every ``eval_every`` steps)."""
+    steps = {"max_steps": config.max_steps} if config.max_steps else {
+        "num_train_epochs": config.epochs}
+    return dict(
+        output_dir=str(folder / "trl"), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_ratio, seed=config.seed,
+        use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        gradient_checkpointing=False, eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.eval_every,
+        save_strategy="no", logging_strategy="steps", logging_steps=1, report_to=[],
+        disable_tqdm=not progress, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        **steps)
+
+
+def lora_config(lora: LoRAConfig, targets: list[str]):
+    """A PEFT ``LoraConfig`` equal to the stage's ``lora`` section on ``targets``."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def write_log(history: list[dict], folder: Path) -> None:
+    """TRL's log history as our metrics log (``folder/train/metrics.jsonl``)."""
+    path = folder / "train" / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for entry in history:
+        if "loss" in entry:
+            lines.append({"kind": "step", "step": entry["step"], "loss": entry["loss"],
+                          "lr": entry.get("learning_rate", math.nan)})
+        if "eval_loss" in entry:
+            lines.append({"kind": "eval", "step": entry["step"], "val_loss": entry["eval_loss"]})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def _finish(trainer, folder: Path) -> dict[str, float]:
+    trainer.train()
+    write_log(trainer.state.log_history, folder)
+    trainer.model.save_pretrained(str(folder / "adapter"))
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    return {"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else math.nan,
+            **({"best_val_loss": min(evals)} if evals else {})}
+
+
+def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
+              validation: list[dict], config: TrainConfig, lora: LoRAConfig,
+              targets: list[str], folder: Path, max_length: int, progress: bool
+              ) -> dict[str, float]:
+    """SFT with ``trl.SFTTrainer``; writes ``folder/adapter``; returns its figures."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    columns = lambda rows: Dataset.from_list(  # noqa: E731
+        [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in rows])
+    args = SFTConfig(**training_arguments(config, folder, progress, bool(validation)),
+                     max_length=max_length, packing=config.packing, assistant_only_loss=False, dataset_num_proc=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=columns(train),
+                         eval_dataset=columns(validation) if validation else None,
+                         processing_class=tokenizer,
+                         peft_config=lora_config(lora, targets))
+    return _finish(trainer, folder)
+
+
+def train_dpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
+              validation: list[dict], config: TrainConfig, lora: LoRAConfig, dpo: DPOConfig,
+              targets: list[str], folder: Path, max_length: int, progress: bool
+              ) -> dict[str, float]:
+    """DPO (+ SFT term) with ``trl.DPOTrainer`` on preference records (TRL's format);
+    writes ``folder/adapter``; returns its figures."""
+    from datasets import Dataset
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    losses = ["sigmoid", "sft"] if dpo.sft_weight else ["sigmoid"]
+    weights = [1.0, dpo.sft_weight] if dpo.sft_weight else [1.0]
+    arguments = training_arguments(config, folder, progress, bool(validation))
+    # transformers groups by the "input_ids" length, which DPO's pair datasets do not have
+    arguments["train_sampling_strategy"] = "random"
+    args = TRLDPOConfig(**arguments, beta=dpo.beta, loss_type=losses, loss_weights=weights, max_length=max_length)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(validation) if validation else None,
+                         processing_class=tokenizer,
+                         peft_config=lora_config(lora, targets))
+    return _finish(trainer, folder)
