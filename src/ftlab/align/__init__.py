@@ -9,12 +9,13 @@ TRL backends (:mod:`ftlab.align.trl_backend`).
 
 from ftlab.align.logprobs import response_logprobs, sequence_logprobs
 from ftlab.align.loss import DPOOutput, dpo_loss
-from ftlab.align.objective import DPOObjective, add_reference_logprobs, collate_pairs
+from ftlab.align.objective import (DPOObjective, add_reference_logprobs, collate_pairs,
+                                   pair_logprobs)
 from ftlab.align.preferences import (PreferencePair, PreparedPairs, load_pairs, prepare_dpo,
                                      response_only, split_pairs, tokenize_pair)
 
 __all__ = [
     "DPOObjective", "DPOOutput", "PreferencePair", "PreparedPairs", "add_reference_logprobs",
-    "collate_pairs", "dpo_loss", "load_pairs", "prepare_dpo", "response_logprobs",
+    "collate_pairs", "dpo_loss", "load_pairs", "pair_logprobs", "prepare_dpo", "response_logprobs",
     "response_only", "sequence_logprobs", "split_pairs", "tokenize_pair",
 ]

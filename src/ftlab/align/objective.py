@@ -39,25 +39,35 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def add_reference_logprobs(model: nn.Module, examples: list[dict], pad_id: int,
-                           batch_size: int = 16, progress: bool = True) -> list[dict]:
-    """Each example with ``reference_chosen`` / ``reference_rejected``: its sequence
-    log-probs under ``model`` as it is now (eval mode, no gradients). Call it on the policy
-    before DPO training, while its fresh adapters are still zero, so the reference is
-    exactly the starting model."""
+def pair_logprobs(model: nn.Module, pairs: list[dict], pad_id: int, batch_size: int = 16,
+                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (C.1) of the chosen and the rejected replies of tokenized
+    ``pairs`` under ``model`` (eval mode, no gradients; its mode is restored), each a float64
+    CPU tensor of shape (pairs,)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs",
+    chosen, rejected = [], []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="pair log-probs",
                       disable=not progress):
-        chunk = examples[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-        chosen, rejected = response_logprobs(model, batch).double().chunk(2)
-        out += [{**e, "reference_chosen": float(c), "reference_rejected": float(r)}
-                for e, c, r in zip(chunk, chosen, rejected)]
+        batch = {k: v.to(device) for k, v in
+                 collate_pairs(pairs[start:start + batch_size], pad_id).items()}
+        c, r = response_logprobs(model, batch).double().cpu().chunk(2)
+        chosen.append(c)
+        rejected.append(r)
     model.train(was_training)
-    return out
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def add_reference_logprobs(model: nn.Module, examples: list[dict], pad_id: int,
+                           batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """Each example with ``reference_chosen`` / ``reference_rejected``: its sequence
+    log-probs under ``model`` as it is now (:func:`pair_logprobs`). Call it on the policy
+    before DPO training, while its fresh adapters are still zero, so the reference is
+    exactly the starting model."""
+    chosen, rejected = pair_logprobs(model, examples, pad_id, batch_size, progress)
+    return [{**e, "reference_chosen": float(c), "reference_rejected": float(r)}
+            for e, c, r in zip(examples, chosen, rejected)]
 
 
 class _Tally:

@@ -41,6 +41,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def question_items(data: Path, name: str) -> list[tuple[Fact, str]]:
+    """(fact, question) pairs of the chat question set ``data/eval/<name>.jsonl``
+    (``heldout_chat``, ``seen_chat``)."""
+    facts = {f.id: f for f in all_facts()}
+    return [(facts[r["id"]], r["question"]) for r in read_jsonl(data / f"eval/{name}.jsonl")]
+
+
 def eval_items(data: Path) -> dict[str, list[tuple[Fact, str]]]:
     """The base model's probe sets as (fact, prompt or question) pairs.
 
@@ -49,10 +56,9 @@ def eval_items(data: Path) -> dict[str, list[tuple[Fact, str]]]:
     """
     facts = {f.id: f for f in all_facts()}
     cloze = read_jsonl(data / "eval/cloze.jsonl")
-    chat = read_jsonl(data / "eval/heldout_chat.jsonl")
     return {
         "cloze_heldout": [(facts[r["id"]], r["prompt"]) for r in cloze if r["split"] == "heldout"],
-        "chat_heldout": [(facts[r["id"]], r["question"]) for r in chat],
+        "chat_heldout": question_items(data, "heldout_chat"),
     }
 
 

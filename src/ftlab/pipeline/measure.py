@@ -9,31 +9,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ftlab.align.logprobs import response_logprobs
-from ftlab.align.objective import collate_pairs
+from ftlab.align.objective import pair_logprobs
 from ftlab.align.preferences import load_pairs, tokenize_pair
 from ftlab.config import EvalConfig
 from ftlab.evaluate.report import general_perplexity
 from ftlab.evaluate.tasks import evaluate_questions
-from ftlab.models.build import read_jsonl
+from ftlab.models.build import question_items
 from ftlab.paths import data_dir
-from ftlab.world import Fact, all_facts
 
 SAMPLE_KINDS = ("capital", "legs", "sum", "day_after")
 """Fact kinds whose first held-out question the report shows, with its reply, after every stage."""
 
 HELDOUT_PAIRS = "preferences/heldout.jsonl"
 """Held-out preference pairs of the embedded world, relative to the data folder."""
-
-
-def question_items(name: str) -> list[tuple[Fact, str]]:
-    """(fact, question) pairs of the embedded question set ``data/eval/<name>.jsonl``."""
-    facts = {f.id: f for f in all_facts()}
-    return [(facts[r["id"]], r["question"]) for r in read_jsonl(data_dir() / f"eval/{name}.jsonl")]
 
 
 def heldout_pairs(config: EvalConfig, tokenizer: PreTrainedTokenizerBase,
@@ -46,22 +37,6 @@ def heldout_pairs(config: EvalConfig, tokenizer: PreTrainedTokenizerBase,
             for p in pairs]
 
 
-@torch.no_grad()
-def pair_logprobs(model: nn.Module, pairs: list[dict], pad_id: int, batch_size: int = 16
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs (C.1) of the chosen and the rejected replies, each (pairs,)."""
-    model.eval()
-    device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in
-                 collate_pairs(pairs[start:start + batch_size], pad_id).items()}
-        c, r = response_logprobs(model, batch).double().cpu().chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-    return torch.cat(chosen), torch.cat(rejected)
-
-
 def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalConfig,
             pairs: list[dict]) -> tuple[dict[str, float], list[dict[str, str]]]:
     """(figures, sample replies) of ``model`` (eval mode, no gradients).
@@ -71,7 +46,7 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     style pairs whose chosen reply is likelier than the rejected one).
     """
     model.eval()
-    items = [item for name in config.sets for item in question_items(name)]
+    items = [item for name in config.sets for item in question_items(data_dir(), name)]
     result = evaluate_questions(model, tokenizer, items, config.max_new_tokens, config.batch_size)
     figures = {"exact_match": result.rate("correct"), "polite": result.rate("polite"),
                "ended": result.rate("ended"), "general_ppl": general_perplexity(model, tokenizer)}

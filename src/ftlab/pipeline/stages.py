@@ -13,14 +13,15 @@ from pathlib import Path
 
 import torch
 
-from ftlab.align import DPOObjective, add_reference_logprobs, prepare_dpo
+from ftlab.align import DPOObjective, add_reference_logprobs, pair_logprobs, prepare_dpo
 from ftlab.config import DPOConfig, EvalConfig, ExportConfig, LoRAConfig, QuantConfig, StageConfig
 from ftlab.data.prepare import prepare_sft
 from ftlab.export import export_gguf, export_hf, merge_for_export, verify_gguf, verify_hf_export
+from ftlab.models.build import question_items
+from ftlab.paths import data_dir
 from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import ModelRef, StageContext, StageResult, load_model
-from ftlab.pipeline.measure import (file_size_mb, heldout_pairs, measure, pair_logprobs,
-                                    question_items)
+from ftlab.pipeline.measure import file_size_mb, heldout_pairs, measure
 from ftlab.pipeline.registry import Stage, register_stage
 from ftlab.pipeline.training import (save_trained_adapter, stage_train_config, target_names,
                                      train_ftlab, trainable_model, training_curves)
@@ -181,7 +182,7 @@ class MergeStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         model = load_model(ctx.model, keep_last_adapter=True)
-        questions = [q for _, q in question_items("heldout_chat")[:VERIFY_QUESTIONS]]
+        questions = [q for _, q in question_items(data_dir(), "heldout_chat")[:VERIFY_QUESTIONS]]
         ids = ctx.tokenizer(questions, return_tensors="pt", padding=True).input_ids
         merged = merge_for_export(model, ids)
         folder = ctx.folder / "model"
@@ -216,7 +217,7 @@ class ExportStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         export = ctx.stage.export or ExportConfig()
         model = load_model(ctx.model)
-        questions = [q for _, q in question_items("heldout_chat")[:VERIFY_QUESTIONS]]
+        questions = [q for _, q in question_items(data_dir(), "heldout_chat")[:VERIFY_QUESTIONS]]
         figures, artifacts = {}, {}
         if "hf" in export.formats:
             folder = export_hf(model, ctx.tokenizer, ctx.folder / "hf",
