@@ -208,12 +208,15 @@ def test_learner_edition_grades_every_task_failing_with_a_task_id(learner, tmp_p
     for task in ("M1.1", "M1.2", "M2.1"):
         assert tasks[task]["status"] == "fail"
         assert tasks[task]["first_failure"].startswith(f"NotImplementedError: {task} ")
-    assert tasks["M2.2"]["status"] == "fail" and "M2.1" in tasks["M2.2"]["first_failure"]
+    # M2.2's check stops on M2.1's stub: blocked, not a failure of M2.2's own
+    assert tasks["M2.2"]["status"] == "blocked" and tasks["M2.2"]["blocked_by"] == ["M2.1"]
     assert tasks["M2.3"]["status"] == "ungraded" and tasks["M2.3"]["max_points"] == 0
     assert grades["points"] == 0 and grades["max_points"] == 4
     assert grades["infrastructure"] == {"passed": 1, "failed": []}
     md = (tmp_path / "grades.md").read_text()
     assert "| m1 (0/2) | M1.1 | fail | 0/1 | NotImplementedError: M1.1 total" in md
+    assert "| M2.2 | blocked by M2.1 | 0/1 |" in md
+    assert "Checks of the given code (not graded): 1 passed, 0 failed." in md
     assert json.loads((tmp_path / "grades.json").read_text()) == grades
 
 
@@ -232,10 +235,38 @@ def test_grade_exits_zero_when_tasks_fail_and_non_zero_when_grading_breaks(learn
 
 
 def test_milestone_run_prints_the_progress_table(learner):
-    run = run_suite(learner, ["-m", "m1"])
+    run = run_suite(learner, ["milestones/m1_toy"])
     table = run.output.split("ftlab progress")[1]
     assert "m1        0/2 tasks   M1.1 FAIL  M1.2 FAIL" in table
     assert "m2" not in table.split("short test summary")[0]
+    table = run_suite(learner, ["milestones/m2_toy"]).output.split("ftlab progress")[1]
+    assert "m2        0/2 tasks   M2.1 FAIL  M2.2 blocked by M2.1" in table
+
+
+def test_only_another_tasks_stub_blocks_a_check(learner):
+    """Only another task's stub blocks: a test failing on its own task's stub fails."""
+    from ftlab.course.plugin import task_status
+
+    records = {r["task"]: r for r in run_suite(learner, ["milestones/m2_toy"]).records}
+    assert records["M2.1"]["outcome"] == "failed" and records["M2.1"]["blocked_by"] == []
+    assert records["M2.2"]["outcome"] == "blocked" and records["M2.2"]["blocked_by"] == ["M2.1"]
+    assert task_status([records["M2.2"], {**records["M2.1"], "task": "M2.2"}]) == ("fail", [])
+
+
+def test_traced_run_lists_the_regions_each_test_executes(course):
+    """The reference run records which regions' lines each test ran: the mutant of M2.1 is
+    run against M2.2's checks too (they construct a Scaler), and nothing else."""
+    from ftlab.course.verify import tests_of_tasks
+
+    regions = [r for r in find_regions(course) if r.cell is None]
+    run = run_suite(course, trace=regions)
+    exercised = {r["name"]: r["exercised"] for r in run.records}
+    assert exercised["test_m2_2_apply_multiplies"] == ["M2.1", "M2.2"]
+    assert exercised["test_m2_1_keeps_factor_as_float"] == ["M2.1"]
+    targets = tests_of_tasks(run.records)
+    assert {n.split("::")[1].split("[")[0] for n in targets["M2.1"]} == {
+        "test_m2_1_keeps_factor_as_float", "test_m2_2_apply_multiplies"}
+    assert all("m1_toy" in n for n in targets["M1.1"])
 
 
 # ---------------------------------------------------------------- teaching messages
@@ -247,6 +278,23 @@ def test_teaching_message_names_task_expected_got_and_cause():
     with pytest.raises(AssertionError, match=r"\[M1\.1\] x"):
         expect(False, task="M1.1", what="x", expected=1, got=2, cause="c")
     expect(True, task="M1.1", what="x", expected=1, got=1, cause="c")
+
+
+def test_explained_turns_a_crash_into_a_teaching_message_and_lets_stubs_through():
+    from ftlab.course.teaching import explained
+
+    with pytest.raises(AssertionError) as info:
+        with explained(task="M2.2", what="forward of (2, 24)", expected="shape (2, 16)",
+                       cause="x @ A.T is (.., r)"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x24 and 4x24)")
+    assert str(info.value).splitlines() == [
+        "[M2.2] forward of (2, 24)", "  expected: shape (2, 16)",
+        "  got:      RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x24 and 4x24)",
+        "  likely cause: x @ A.T is (.., r)"]
+    for passing in (NotImplementedError("M2.1 LoRALinear"), AssertionError("[M2.2] x")):
+        with pytest.raises(type(passing)):
+            with explained(task="M2.2", what="w", expected="e", cause="c"):
+                raise passing
 
 
 def test_expect_close_reports_shape_and_largest_difference():
@@ -288,7 +336,7 @@ def test_verify_reports_a_wrong_answer_caught_without_a_teaching_message(course)
         'cause="a value is skipped in the sum (check the loop bounds)"', 'cause="?"'))
     report = verify(course, progress=False)
     assert any(p.startswith("(e) wrong answer for M1.1 'last value skipped' fails, but no "
-                            "message names M1.1 and ['skipped']") for p in report.problems)
+                            "check of M1.1 says M1.1 and ['skipped']") for p in report.problems)
 
 
 def test_verify_finds_solution_text_in_the_learner_edition(course, learner, tmp_path):

@@ -111,7 +111,8 @@ def _cmd_course_grade(args: argparse.Namespace) -> int:
 def _cmd_course_verify(args: argparse.Namespace) -> int:
     from ftlab.course.verify import verify
 
-    report = verify(args.project, jobs=args.jobs)
+    tasks = set(args.tasks.split(",")) if args.tasks else None
+    report = verify(args.project, jobs=args.jobs, tasks=tasks)
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "mutants, leaks, wrong answers")
     p.add_argument("--project", type=Path, default=Path("."))
     p.add_argument("--jobs", type=_positive_int, default=2, help="mutants run at a time (default: 2)")
+    p.add_argument("--tasks", default=None, metavar="M1.5,M2.2",
+                   help="only the mutants (stub and wrong answers) of these tasks")
     p.set_defaults(func=_cmd_course_verify)
     return parser
 

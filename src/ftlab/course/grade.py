@@ -1,8 +1,9 @@
 """``ftlab course grade [PROJECT]``: run the milestone suites, write grades.md and grades.json.
 
 A task passes when every one of its tests passes (skipped tests do not count) and is worth
-:data:`POINTS_PER_TASK`. Tasks with a solution region but no test are listed as ungraded
-and worth nothing.
+:data:`POINTS_PER_TASK`. A task whose checks stop on the unfinished stub of another task is
+*blocked by* that task (no points, and no failure of its own). Tasks with a solution region
+but no test are listed as ungraded and worth nothing.
 Tests without a task in their name check given infrastructure and are reported apart.
 Failing tasks are the normal outcome of grading, not an error; only a run that breaks
 (collection error, no tests, interruption) raises :class:`GradingError`.
@@ -14,6 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ftlab.course.plugin import task_status
 from ftlab.course.release import graded_tasks
 from ftlab.course.runner import run_suite
 from ftlab.course.tasks import milestone_of, sort_key
@@ -42,14 +44,14 @@ def summarize(records: list[dict], region_tasks: set[str]) -> dict:
     for task in sorted(set(tests) | region_tasks, key=sort_key):
         counted = [r for r in tests.get(task, []) if r["outcome"] != "skipped"]
         failed = [r for r in counted if r["outcome"] == "failed"]
-        status = "ungraded" if not counted else ("fail" if failed else "pass")
+        status, blockers = task_status(counted) if counted else ("ungraded", [])
         m = milestones.setdefault(milestone_of(task),
                                   {"points": 0, "max_points": 0, "tasks": {}})
         points = POINTS_PER_TASK if status == "pass" else 0
         worth = 0 if status == "ungraded" else POINTS_PER_TASK
         m["tasks"][task] = {
             "status": status, "points": points, "max_points": worth,
-            "tests": len(counted), "failed": len(failed),
+            "tests": len(counted), "failed": len(failed), "blocked_by": blockers,
             "first_failure": failed[0]["message"].splitlines()[0] if failed else "",
             "likely_cause": _likely_cause(failed[0]["message"]) if failed else "",
             "first_failing_test": failed[0]["nodeid"] if failed else "",
@@ -79,14 +81,17 @@ def render_markdown(grades: dict) -> str:
              "| milestone | task | result | points | first failure |", "|---|---|---|---|---|"]
     for name, m in grades["milestones"].items():
         for task, t in m["tasks"].items():
-            lines.append(f"| {name} ({m['points']}/{m['max_points']}) | {task} | {t['status']} | "
+            result = (f"blocked by {', '.join(t['blocked_by'])}" if t["status"] == "blocked"
+                      else t["status"])
+            lines.append(f"| {name} ({m['points']}/{m['max_points']}) | {task} | {result} | "
                          f"{t['points']}/{t['max_points']} | {_cell(t['first_failure'])}"
                          + (f" (likely cause: {_cell(t['likely_cause'])})" if t["likely_cause"] else "")
                          + " |")
     infra = grades["infrastructure"]
-    lines += ["", f"Given infrastructure: {infra['passed']} tests passed, "
-                  f"{len(infra['failed'])} failed."]
-    lines += [f"- `{f['test']}`: {_cell(f['message'])}" for f in infra["failed"]]
+    if infra["passed"] or infra["failed"]:
+        lines += ["", f"Checks of the given code (not graded): {infra['passed']} passed, "
+                      f"{len(infra['failed'])} failed."]
+        lines += [f"- `{f['test']}`: {_cell(f['message'])}" for f in infra["failed"]]
     return "\n".join(lines) + "\n"
 
 

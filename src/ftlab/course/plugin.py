@@ -4,24 +4,96 @@ Enabled by ``milestones/conftest.py`` (``pytest_plugins = ["ftlab.course.plugin"
 At the end of a run it prints a table of tasks passed per milestone. When the environment
 variable ``FTLAB_RESULTS`` names a file, it also writes every test's result there as JSON
 (``ftlab course grade`` and ``verify`` read it): a list of records
-``{"nodeid", "name", "task", "markers", "outcome", "message"}`` where outcome is
-passed, failed or skipped and message is the first failure's one-line summary.
+``{"nodeid", "name", "task", "markers", "outcome", "message", "blocked_by"}``. ``outcome``
+is passed, failed, skipped or blocked; ``message`` is the first failure's summary. A test
+is *blocked* when it stops on the ``NotImplementedError`` stub of other tasks (listed in
+``blocked_by``): its own task cannot be judged until those are done.
+
+When ``FTLAB_TRACE_REGIONS`` names a JSON file of solution regions
+(``[{"task", "path", "begin", "end"}]``, absolute paths), each record also gets
+``exercised``: the tasks whose region lines ran during the test (``course verify`` runs a
+mutant only against the tests that exercise its task).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 from collections import defaultdict
 
 import pytest
 
-from ftlab.course.tasks import milestone_of, sort_key, task_of_test
+from ftlab.course.tasks import mentioned_tasks, milestone_of, sort_key, task_of_test
 
 RESULTS_ENV = "FTLAB_RESULTS"
+TRACE_ENV = "FTLAB_TRACE_REGIONS"
 _MILESTONES = ("m1", "m2", "m3", "m4", "m5", "capstone")
 _collected: dict[str, dict] = {}
 _records: dict[str, dict] = {}
+
+
+class RegionTracer:
+    """Records which solution regions' lines run, with a line tracer limited to their files."""
+
+    def __init__(self, regions: list[dict]) -> None:
+        self._spans: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        for r in regions:
+            self._spans[os.path.realpath(r["path"])].append((r["begin"], r["end"], r["task"]))
+        self._files: dict[str, list[tuple[int, int, str]] | None] = {}
+        self.hit: set[str] = set()
+
+    def _spans_of(self, filename: str) -> list[tuple[int, int, str]] | None:
+        if filename not in self._files:
+            self._files[filename] = self._spans.get(os.path.realpath(filename))
+        return self._files[filename]
+
+    def _global(self, frame, event, arg):
+        spans = self._spans_of(frame.f_code.co_filename)
+        if spans is None:
+            return None
+
+        def local(frame, event, arg):
+            if event == "line":
+                line = frame.f_lineno
+                for begin, end, task in spans:
+                    if begin < line < end:
+                        self.hit.add(task)
+            return local
+        return local
+
+    def __enter__(self) -> RegionTracer:
+        self.hit = set()
+        sys.settrace(self._global)
+        threading.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.settrace(None)
+        threading.settrace(None)
+
+
+_tracer: RegionTracer | None = None
+_exercised: dict[str, set[str]] = {}
+
+
+def pytest_configure(config) -> None:
+    global _tracer
+    path = os.environ.get(TRACE_ENV)
+    if path:
+        with open(path, encoding="utf-8") as f:
+            _tracer = RegionTracer(json.load(f))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if _tracer is None:
+        yield
+        return
+    with _tracer:
+        yield
+    _exercised[item.nodeid] = set(_tracer.hit)
 
 
 def _message(report: pytest.TestReport) -> str:
@@ -37,7 +109,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         _collected[item.nodeid] = {
             "nodeid": item.nodeid, "name": name, "task": task_of_test(name),
             "markers": sorted({m.name for m in item.iter_markers()} & set(_MILESTONES)),
-            "outcome": "passed", "message": "",
+            "outcome": "passed", "message": "", "blocked_by": [],
         }
 
 
@@ -49,32 +121,59 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     if report.failed:
         record["outcome"], record["message"] = "failed", _message(report)
+        blockers = _blockers(record["message"], record["task"])
+        if blockers:
+            record["outcome"], record["blocked_by"] = "blocked", blockers
     elif report.skipped and report.when in ("setup", "call"):
         record["outcome"] = "skipped"
 
 
+def _blockers(message: str, task: str | None) -> list[str]:
+    """Other tasks whose unfinished stub stopped a test (its failure is their
+    ``NotImplementedError``), sorted; empty when the test failed on its own."""
+    if not message.startswith("NotImplementedError"):
+        return []
+    named = mentioned_tasks(message)
+    return [] if task in named else sorted(named, key=sort_key)
+
+
+def task_status(records: list[dict]) -> tuple[str, list[str]]:
+    """A task's status from its (non-skipped) test records: ``pass``, ``fail`` or
+    ``blocked`` (with the blocking tasks). A task with any test failing on its own fails;
+    otherwise any blocked test blocks it."""
+    if any(r["outcome"] == "failed" for r in records):
+        return "fail", []
+    blockers = sorted({b for r in records for b in r.get("blocked_by", [])}, key=sort_key)
+    return ("blocked", blockers) if blockers else ("pass", [])
+
+
 def progress(records: list[dict]) -> list[str]:
-    """Lines of the progress table: per milestone, tasks passed and each task's mark."""
+    """Lines of the progress table: per milestone, tasks passed and each task's mark
+    (``M4.2 pass``, ``M4.3 FAIL``, ``M4.2 blocked by M1.6``)."""
     tasks: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r["task"] and r["outcome"] != "skipped":
             tasks[r["task"]].append(r)
-    by_milestone: dict[str, list[tuple[str, bool]]] = defaultdict(list)
+    by_milestone: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for task in sorted(tasks, key=sort_key):
-        ok = all(r["outcome"] == "passed" for r in tasks[task])
-        by_milestone[milestone_of(task)].append((task, ok))
+        status, blockers = task_status(tasks[task])
+        mark = {"pass": "pass", "fail": "FAIL"}.get(status) or f"blocked by {', '.join(blockers)}"
+        by_milestone[milestone_of(task)].append((task, mark))
     lines = []
     for milestone in _MILESTONES:
         row = by_milestone.get(milestone)
         if row:
-            done = sum(ok for _, ok in row)
-            marks = "  ".join(f"{t} {'pass' if ok else 'FAIL'}" for t, ok in row)
+            done = sum(mark == "pass" for _, mark in row)
+            marks = "  ".join(f"{t} {mark}" for t, mark in row)
             lines.append(f"{milestone:<9} {done}/{len(row)} tasks   {marks}")
     return lines
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
     records = list(_records.values())
+    if _tracer is not None:
+        for r in records:
+            r["exercised"] = sorted(_exercised.get(r["nodeid"], ()), key=sort_key)
     lines = progress(records)
     if lines:
         terminalreporter.write_sep("=", "ftlab progress")

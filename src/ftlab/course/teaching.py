@@ -11,6 +11,8 @@ the likely cause::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -26,6 +28,30 @@ def expect(ok: bool, *, task: str, what: str, expected: Any, got: Any, cause: st
     """Raise ``AssertionError`` with a teaching message unless ``ok``."""
     if not ok:
         raise AssertionError(teach(task, what, expected, got, cause))
+
+
+@contextmanager
+def explained(*, task: str, what: str, expected: Any, cause: str) -> Iterator[None]:
+    """Turn an exception raised by a learner's code into a teaching message.
+
+    Wrap the call into the learner's code::
+
+        with explained(task="M2.2", what="forward of a (2, 5, 24) batch",
+                       expected="shape (2, 5, 16)", cause="x @ A.T is (.., r); then @ B.T"):
+            out = layer(x)
+
+    A shape mismatch, a missing key or an index out of range becomes ``AssertionError`` with
+    the task, what was expected and ``got: <ExceptionType>: <message>``. ``NotImplementedError``
+    (an unfinished task, possibly another one: the grader reports that as *blocked*) and
+    ``AssertionError`` pass through unchanged.
+    """
+    try:
+        yield
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as error:  # noqa: BLE001 - any crash in learner code is reported
+        raise AssertionError(teach(task, what, expected, f"{type(error).__name__}: {error}",
+                                   cause)) from error
 
 
 def expect_close(actual: torch.Tensor, desired: torch.Tensor, *, task: str, what: str,

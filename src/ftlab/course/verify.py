@@ -4,14 +4,16 @@
     milestone's marker;
 (b) in a fresh learner edition every task's tests fail naming a task id, and tests of
     given infrastructure pass;
-(c) mutation: with any single region stubbed alone, a test of its milestone fails
+(c) mutation: with any single region stubbed alone, one of its task's tests fails
     (otherwise the region is listed as ungraded);
 (d) no line of solution text appears in the learner edition;
 (e) every catalogued wrong answer makes a check of its task fail with a message that
     names the task and the cause.
 
-Mutants run in private workspaces (a copy of ``src/``, links to everything else), only
-their milestone's tests, ``jobs`` at a time.
+Mutants run in private workspaces (a copy of ``src/``, links to everything else), ``jobs``
+at a time, each in a child of a :class:`ForkServer` (libraries imported once), each against only the tests that can see it: the tests named for its task and
+every test that ran a line of its region in the reference run (traced; any milestone).
+A test outside that set cannot execute the mutated lines, so it cannot change verdict.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ftlab.course.forkserver import ForkServer
 from ftlab.course.regions import (Region, course_files, find_regions, notebook_cells,
                                   read_source, replace_regions)
 from ftlab.course.release import check_project, release
@@ -78,7 +81,7 @@ def _check_learner(run: SuiteRun, regions: list[Region], report: Report) -> None
             continue
         graded.add(r["task"])
         named = mentioned_tasks(r["message"])
-        if r["outcome"] != "failed":
+        if r["outcome"] not in ("failed", "blocked"):
             report.problems.append(f"(b) {r['nodeid']} {r['outcome']} in the learner edition; "
                                    f"it must fail until {r['task']} is implemented")
         elif not named:
@@ -149,20 +152,32 @@ def _apply(workspace: Path, root: Path, mutant: Mutant) -> Path:
     return path
 
 
-def _run_mutants(root: Path, mutants: list[Mutant], jobs: int, progress: bool) -> list[SuiteRun]:
+def tests_of_tasks(records: list[dict]) -> dict[str, list[str]]:
+    """Task -> node ids of the tests that can see its region: those named for the task and
+    those that ran its lines (``exercised``, from a traced run), in run order."""
+    out: dict[str, list[str]] = {}
+    for r in records:
+        for task in {r["task"], *r.get("exercised", ())} - {None}:
+            out.setdefault(task, []).append(r["nodeid"])
+    return out
+
+
+def _run_mutants(root: Path, mutants: list[Mutant], targets: dict[str, list[str]], jobs: int,
+                 progress: bool) -> list[SuiteRun]:
     results: list[SuiteRun | None] = [None] * len(mutants)
     bar = tqdm(total=len(mutants), desc="mutants", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="ftlab-verify-") as tmp:
         def worker(k: int) -> None:
             ws = _workspace(root, Path(tmp) / f"ws{k}")
-            for i in range(k, len(mutants), jobs):
-                mutant = mutants[i]
-                path = _apply(ws, root, mutant)
-                try:
-                    results[i] = run_suite(ws, ["-m", milestone_of(mutant.region.task)])
-                finally:
-                    shutil.copy2(root / mutant.region.path, path)
-                bar.update()
+            with ForkServer() as server:
+                for i in range(k, len(mutants), jobs):
+                    mutant = mutants[i]
+                    path = _apply(ws, root, mutant)
+                    try:
+                        results[i] = run_suite(ws, targets[mutant.region.task], server=server)
+                    finally:
+                        shutil.copy2(root / mutant.region.path, path)
+                    bar.update()
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(worker, range(min(jobs, len(mutants)))))
@@ -174,15 +189,20 @@ def _indented(code: str, indent: str) -> list[str]:
     return [indent + line if line else line for line in textwrap.dedent(code).strip("\n").splitlines()]
 
 
-def verify(root: Path, jobs: int = 2, progress: bool = True) -> Report:
-    """Run checks (a)-(e) on the project at ``root``; see the module docstring."""
+def verify(root: Path, jobs: int = 2, progress: bool = True,
+           tasks: set[str] | None = None) -> Report:
+    """Run checks (a)-(e) on the project at ``root``; see the module docstring.
+
+    ``tasks`` limits the mutants of (c) and (e) to those tasks (a quick check while writing
+    a task's checks); (a), (b) and (d) always cover the whole project.
+    """
     root = root.resolve()
     check_project(root)
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     report = Report()
     regions = [r for r in find_regions(root) if r.cell is None]
-    reference = run_suite(root)
+    reference = run_suite(root, trace=regions)
     if reference.exit_code == 5 and not regions:
         report.notes.append("no milestone tests and no solution regions yet: nothing to grade")
         return report
@@ -213,30 +233,44 @@ def verify(root: Path, jobs: int = 2, progress: bool = True) -> Report:
             continue
         region = by_task[wrong.task]
         mutants.append(Mutant(region, _indented(wrong.code, region.indent), wrong))
-    runs = _run_mutants(root, mutants, jobs, progress)
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(by_task))
+        if unknown:
+            report.problems.append(f"no solution region for {', '.join(unknown)}")
+        mutants = [m for m in mutants if m.region.task in tasks]
+    targets = tests_of_tasks(reference.records)
+    for region in regions:
+        if region.task not in targets and (tasks is None or region.task in tasks):
+            report.problems.append(f"(c) ungraded region {region.task} at {region.where}: "
+                                   "no milestone test runs its lines")
+    mutants = [m for m in mutants if m.region.task in targets]
+    runs = _run_mutants(root, mutants, targets, jobs, progress)
     for mutant, run in zip(mutants, runs):
         task = mutant.region.task
-        failed = [r for r in run.records if r["outcome"] == "failed"]
+        failed = [r for r in run.records if r["outcome"] in ("failed", "blocked")]
         label = mutant.wrong.label if mutant.wrong else "stub"
         if run.broken:
             report.problems.append(f"{task} {label}: pytest broke ({run.broken})")
         elif mutant.wrong is None:
-            if not failed:
+            if not any(r["task"] == task for r in failed):
                 report.problems.append(f"(c) ungraded region {task} at {mutant.region.where}: "
-                                       f"with it stubbed, every {milestone_of(task)} test passes")
+                                       f"with it stubbed, every test of {task} passes")
         else:
             _judge_wrong(mutant.wrong, failed, report)
-    report.notes.append(f"{len(regions)} regions, {len(catalogue)} wrong answers checked")
+    wrong_count = sum(m.wrong is not None for m in mutants)
+    report.notes.append(f"{len(mutants) - wrong_count} regions, {wrong_count} wrong answers checked")
     return report
 
 
 def _judge_wrong(wrong: WrongAnswer, failed: list[dict], report: Report) -> None:
-    teaching = [r for r in failed if wrong.task in mentioned_tasks(r["message"])
+    teaching = [r for r in failed if r["task"] == wrong.task
+                and wrong.task in mentioned_tasks(r["message"])
                 and all(p.lower() in r["message"].lower() for p in wrong.message_contains)]
     if not failed:
         report.problems.append(f"(e) uncaught wrong answer for {wrong.task}: '{wrong.label}' "
                                "passes every check")
     elif not teaching:
         report.problems.append(
-            f"(e) wrong answer for {wrong.task} '{wrong.label}' fails, but no message names "
-            f"{wrong.task} and {list(wrong.message_contains)}; first: {failed[0]['message']}")
+            f"(e) wrong answer for {wrong.task} '{wrong.label}' fails, but no check of "
+            f"{wrong.task} says {wrong.task} and {list(wrong.message_contains)}; first: "
+            f"{failed[0]['nodeid']}: {failed[0]['message']}")
