@@ -45,6 +45,7 @@ def summarize(records: list[dict], region_tasks: set[str]) -> dict:
         counted = [r for r in tests.get(task, []) if r["outcome"] != "skipped"]
         failed = [r for r in counted if r["outcome"] == "failed"]
         status, blockers = task_status(counted) if counted else ("ungraded", [])
+        first = failed or [r for r in counted if r["outcome"] == "blocked"]
         m = milestones.setdefault(milestone_of(task),
                                   {"points": 0, "max_points": 0, "tasks": {}})
         points = POINTS_PER_TASK if status == "pass" else 0
@@ -52,9 +53,9 @@ def summarize(records: list[dict], region_tasks: set[str]) -> dict:
         m["tasks"][task] = {
             "status": status, "points": points, "max_points": worth,
             "tests": len(counted), "failed": len(failed), "blocked_by": blockers,
-            "first_failure": failed[0]["message"].splitlines()[0] if failed else "",
-            "likely_cause": _likely_cause(failed[0]["message"]) if failed else "",
-            "first_failing_test": failed[0]["nodeid"] if failed else "",
+            "first_failure": first[0]["message"].splitlines()[0] if first else "",
+            "likely_cause": _likely_cause(first[0]["message"]) if first else "",
+            "first_failing_test": first[0]["nodeid"] if first else "",
         }
         m["points"] += points
         m["max_points"] += worth

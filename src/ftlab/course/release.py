@@ -77,6 +77,31 @@ def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def _grading_section() -> list[str]:
+    """How grading works, with an example table rendered by the grader itself."""
+    from ftlab.course.grade import render_markdown, summarize
+
+    def record(task: str, outcome: str, message: str = "", blocked_by: tuple = ()) -> dict:
+        return {"nodeid": f"milestones/test_{task}", "task": task, "outcome": outcome,
+                "message": message, "blocked_by": list(blocked_by)}
+
+    example = summarize([
+        record("M1.1", "passed"),
+        record("M1.3", "failed", "[M1.3] EOS of each assistant turn is a target\n"
+               "  likely cause: EOS masked: the end-of-turn token must stay a target"),
+        record("M4.2", "blocked", "NotImplementedError: M1.6 collate", ("M1.6",)),
+    ], set())
+    table = [line for line in render_markdown(example).splitlines()[2:] if line]
+    return [
+        "## Grade", "",
+        "`.venv/bin/ftlab course grade` runs every milestone's checks and writes `grades.md` and",
+        "`grades.json` here: one row per task with its result and, for a failing task, the first",
+        "failing check and its likely cause. A task is *blocked by* another when its checks stop on",
+        "that task's unfinished stub: finish the one named first. For example:", "",
+        *table,
+    ]
+
+
 def learner_readme(regions: list[Region]) -> str:
     """The learner edition's README: how to work, and the tasks by milestone."""
     lines = [
@@ -94,6 +119,7 @@ def learner_readme(regions: list[Region]) -> str:
         "3. Check a milestone: `.venv/bin/python -m pytest milestones/ -m m1` (m1 … m5, capstone).",
         "4. Read the progress table printed at the end: tasks passed per milestone. A failing",
         "   check says which task, what was expected, what came back and the likely cause.", "",
+        *_grading_section(), "",
         "## Tasks", "",
     ]
     for region in sorted(regions, key=lambda r: sort_key(r.task)):
