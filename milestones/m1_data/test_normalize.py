@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from ftlab.course.teaching import expect
+from ftlab.course.teaching import expect, explained
 from ftlab.data.normalize import ALPACA_SEPARATOR, to_conversation
 from ftlab.paths import data_dir
 
@@ -16,24 +16,101 @@ pytestmark = pytest.mark.m1
 TASK = "M1.1"
 
 
+MISSING = object()
+"""A field left out of the record."""
+
+
+def _convert(record, fmt, what):
+    """The learner's conversation for ``record``; a crash becomes a teaching message."""
+    with explained(task=TASK, what=what, expected="a list of {role, content} dicts",
+                   cause="read optional alpaca fields with record.get: they may be missing "
+                         "or None"):
+        return to_conversation(record, fmt)
+
+
+def _user_turn(got):
+    users = [m.get("content") for m in got if isinstance(m, dict) and m.get("role") == "user"]
+    return users[0] if len(users) == 1 else None
+
+
+def _input_causes(got, instruction, extra):
+    """What went wrong with an alpaca record whose input is ``extra`` (not blank)."""
+    user = _user_turn(got)
+    if user is None:
+        return "the record must give one user turn, then the assistant's"
+    if user == instruction:
+        return "alpaca input dropped: append it to the instruction"
+    if extra.strip() in user and instruction in user \
+            and user.index(extra.strip()) < user.index(instruction):
+        return "alpaca input before the instruction: the instruction comes first"
+    if extra != extra.strip() and user == instruction + ALPACA_SEPARATOR + extra.strip():
+        return "input stripped: contents are copied verbatim (strip only to test for blank)"
+    if user.startswith(instruction) and user.endswith(extra):
+        return (f"wrong separator: instruction, then ALPACA_SEPARATOR ({ALPACA_SEPARATOR!r}), "
+                "then the input")
+    return ("alpaca input merged in the wrong place: the user turn is the instruction, then "
+            f"{ALPACA_SEPARATOR!r}, then the input")
+
+
 def test_m1_1_alpaca_input_follows_the_instruction():
     record = {"instruction": "Answer the following question.", "input": "What is 2 plus 3?",
               "output": "Sure! 2 plus 3 is 5."}
-    got = to_conversation(record, "alpaca")
+    got = _convert(record, "alpaca", "alpaca record with an input")
     want = [{"role": "user", "content": "Answer the following question.\n\nWhat is 2 plus 3?"},
             {"role": "assistant", "content": "Sure! 2 plus 3 is 5."}]
     expect(got == want, task=TASK, what="alpaca record with an input", expected=want, got=got,
-           cause="alpaca input dropped or merged in the wrong place: the user turn is the "
-                 f"instruction, then {ALPACA_SEPARATOR!r}, then the input")
+           cause=_input_causes(got, record["instruction"], record["input"]))
 
 
-def test_m1_1_alpaca_without_input_is_the_instruction_alone():
-    got = to_conversation({"instruction": "Name a colour.", "input": "", "output": "Red."},
-                          "alpaca")
+@pytest.mark.parametrize("blank", ["", " ", "\n\t ", None, MISSING],
+                         ids=["empty", "space", "white-space", "None", "missing"])
+def test_m1_1_alpaca_without_input_is_the_instruction_alone(blank):
+    record = {"instruction": "Name a colour.", "output": "Red."}
+    if blank is not MISSING:
+        record["input"] = blank
+    what = f"alpaca record with input {'left out' if blank is MISSING else repr(blank)}"
+    got = _convert(record, "alpaca", what)
     want = [{"role": "user", "content": "Name a colour."},
             {"role": "assistant", "content": "Red."}]
-    expect(got == want, task=TASK, what="alpaca record with an empty input", expected=want,
-           got=got, cause="an empty input adds nothing: no separator, no blank lines")
+    user = _user_turn(got)
+    if isinstance(user, str) and user.startswith(record["instruction"] + ALPACA_SEPARATOR):
+        cause = ("a white-space-only input was appended: a blank input (empty, white space "
+                 "only, None or missing) is absent; no separator, nothing appended")
+    else:
+        cause = "a blank input adds nothing: the user turn is the instruction, verbatim"
+    expect(got == want, task=TASK, what=what, expected=want, got=got, cause=cause)
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\n", None],
+                         ids=["empty", "space", "newline", "None"])
+def test_m1_1_blank_alpaca_system_is_absent(blank):
+    record = {"system": blank, "instruction": "Hi?", "input": "", "output": "Hello."}
+    what = f"alpaca record with system {blank!r}"
+    got = _convert(record, "alpaca", what)
+    want = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    roles = [m.get("role") for m in got if isinstance(m, dict)]
+    cause = ("a white-space-only system message was kept: a blank system field (empty, white "
+             "space only or None) is absent, so no system turn" if "system" in roles else
+             "a blank system field adds no turn: user, then assistant")
+    expect(got == want, task=TASK, what=what, expected=want, got=got, cause=cause)
+
+
+def test_m1_1_kept_contents_are_verbatim():
+    record = {"system": " Be brief.\n", "instruction": "Add these numbers:",
+              "input": " 2 3\n", "output": "5"}
+    got = _convert(record, "alpaca", "alpaca record whose input and system have edge spaces")
+    want = [{"role": "system", "content": " Be brief.\n"},
+            {"role": "user", "content": "Add these numbers:\n\n 2 3\n"},
+            {"role": "assistant", "content": "5"}]
+    system = [m.get("content") for m in got if isinstance(m, dict) and m.get("role") == "system"]
+    if system and system[0] != record["system"]:
+        cause = "system stripped: contents are copied verbatim (strip only to test for blank)"
+    elif not system:
+        cause = "system message lost: a non-blank system field is the first turn"
+    else:
+        cause = _input_causes(got, record["instruction"], record["input"])
+    expect(got == want, task=TASK, what="alpaca record whose input and system have edge spaces",
+           expected=want, got=got, cause=cause)
 
 
 @pytest.mark.parametrize(("fmt", "record"), [
@@ -46,12 +123,19 @@ def test_m1_1_alpaca_without_input_is_the_instruction_alone():
     ("alpaca", {"system": "Be brief.", "instruction": "Hi?", "input": "", "output": "Hello."}),
 ])
 def test_m1_1_system_message_is_kept(fmt, record):
-    got = to_conversation(record, fmt)
+    what = f"{fmt} record with a system message"
+    got = _convert(record, fmt, what)
     want = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
             {"role": "assistant", "content": "Hello."}]
-    expect(got == want, task=TASK, what=f"{fmt} record with a system message", expected=want,
-           got=got, cause="system message lost (or roles not mapped: human -> user, "
-                          "gpt -> assistant)")
+    roles = [m.get("role") for m in got if isinstance(m, dict)]
+    causes = []
+    if "system" not in roles:
+        causes.append("system message lost: it is the first turn")
+    if set(roles) - {"system", "user", "assistant"}:
+        causes.append("roles not mapped: human -> user, gpt -> assistant (SHAREGPT_ROLES)")
+    expect(got == want, task=TASK, what=what, expected=want, got=got,
+           cause="; ".join(causes) or "turns out of order or contents changed: copy every "
+                                      "turn, in order, verbatim")
 
 
 @pytest.mark.parametrize(("fmt", "record"), [
@@ -59,7 +143,7 @@ def test_m1_1_system_message_is_kept(fmt, record):
     ("question_answer", {"question": "Hi?", "answer": "Hello."}),
 ])
 def test_m1_1_single_turn_formats(fmt, record):
-    got = to_conversation(record, fmt)
+    got = _convert(record, fmt, f"{fmt} record")
     want = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
     expect(got == want, task=TASK, what=f"{fmt} record", expected=want, got=got,
            cause="the prompt/question is the user turn, the completion/answer the assistant's")
@@ -69,26 +153,34 @@ def test_m1_1_record_is_not_modified():
     record = {"messages": [{"role": "user", "content": "Hi?", "name": "x"},
                            {"role": "assistant", "content": "Hello."}]}
     before = json.dumps(record)
-    got = to_conversation(record, "messages")
-    expect(json.dumps(record) == before and got[0] == {"role": "user", "content": "Hi?"},
+    got = _convert(record, "messages", "messages record with an extra key")
+    causes = []
+    if json.dumps(record) != before:
+        causes.append("the record was modified: leave the input alone, build new dicts")
+    if got and isinstance(got[0], dict) and set(got[0]) - {"role", "content"}:
+        kept = sorted(set(got[0]) - {"role", "content"})
+        causes.append(f"keys other than role and content kept ({kept}): build new dicts with "
+                      "only role and content")
+    expect(not causes and got[0] == {"role": "user", "content": "Hi?"},
            task=TASK, what="messages record with an extra key", expected="a new list of "
            "{role, content} dicts, the record unchanged", got=got,
-           cause="build new dicts with only role and content instead of returning the input")
+           cause="; ".join(causes) or "copy each turn's role and content")
 
 
 def test_m1_1_every_embedded_format_gives_the_same_conversations():
     data = data_dir() / "sft"
     pairs = {}
     rows = [json.loads(line) for line in (data / "messages.jsonl").read_text().splitlines()]
-    pairs["messages"] = [to_conversation(r, "messages") for r in rows]
-    pairs["sharegpt"] = [to_conversation(r, "sharegpt")
+    what = "embedded SFT set"
+    pairs["messages"] = [_convert(r, "messages", what) for r in rows]
+    pairs["sharegpt"] = [_convert(r, "sharegpt", what)
                          for r in json.loads((data / "sharegpt.json").read_text())]
-    pairs["parquet"] = [to_conversation(r, "messages")
+    pairs["parquet"] = [_convert(r, "messages", what)
                         for r in pq.read_table(data / "messages.parquet").to_pylist()]
     with (data / "qa.csv").open(newline="") as f:
-        pairs["question_answer"] = [to_conversation(r, "question_answer") for r in csv.DictReader(f)]
+        pairs["question_answer"] = [_convert(r, "question_answer", what) for r in csv.DictReader(f)]
     alpaca = json.loads((data / "alpaca.json").read_text())
-    pairs["alpaca"] = [to_conversation(r, "alpaca") for r in alpaca]
+    pairs["alpaca"] = [_convert(r, "alpaca", what) for r in alpaca]
 
     def qa(conv):
         return (conv[-2]["content"].split(ALPACA_SEPARATOR)[-1], conv[-1]["content"])
@@ -96,7 +188,14 @@ def test_m1_1_every_embedded_format_gives_the_same_conversations():
     reference = [qa(c) for c in pairs["messages"]]
     for name, convs in pairs.items():
         got = [qa(c) for c in convs]
+        bad = [k for k, (a, b) in enumerate(zip(got, reference)) if a != b]
+        cause = "a format's fields mapped to the wrong roles"
+        if name == "alpaca" and bad:
+            first = alpaca[bad[0]]
+            if (first.get("input") or "").strip():
+                cause = _input_causes(convs[bad[0]], first["instruction"], first["input"])
         expect(got == reference, task=TASK, what=f"embedded SFT set read as {name}",
                expected="the same question and answer pairs as messages.jsonl",
-               got=f"{sum(a != b for a, b in zip(got, reference))} of {len(got)} differ",
-               cause="a format's fields mapped to the wrong roles")
+               got=f"{len(bad)} of {len(got)} differ"
+                   + (f"; first: {got[bad[0]]} for {reference[bad[0]]}" if bad else ""),
+               cause=cause)

@@ -11,7 +11,7 @@ def collate(examples: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
     """Stack examples of unequal length into a batch.
 
     Input: dicts with ``input_ids`` and ``labels`` (equal-length int lists).
-    Output: LongTensors of shape (batch, longest example):
+    Output: a dict of exactly three LongTensors of shape (batch, longest example):
     ``input_ids`` right-padded with ``pad_id``; ``labels`` right-padded with
     ``IGNORE_INDEX`` (padding is never trained, whatever ``pad_id`` is); ``attention_mask``
     1 on real tokens and 0 on padding.

@@ -38,7 +38,9 @@ def tokenize_with_labels(conversation: list[dict], tokenizer: PreTrainedTokenize
 
     Tokenize the rendered text once without adding special tokens, with offsets
     (``return_offsets_mapping=True``); a token is trained when its character range lies
-    inside a span. When it fits, keep every token; when too long, keep the ``max_length`` tokens that end with the last
+    inside a span. Add no token of your own (no BOS, no extra EOS): the rendered text already
+    holds every special token, and each turn's end-of-turn is trained once. When it fits,
+    keep every token; when too long, keep the ``max_length`` tokens that end with the last
     trained token (the final end-of-turn): the start of the prompt is cut, never the end of
     the response, and a response longer than ``max_length`` keeps its tail and its EOS.
     """

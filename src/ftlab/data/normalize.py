@@ -5,7 +5,7 @@ from __future__ import annotations
 from ftlab.data.formats import SHAREGPT_ROLES
 
 ALPACA_SEPARATOR = "\n\n"
-"""Between an alpaca ``instruction`` and its non-empty ``input`` in the user turn."""
+"""Between an alpaca ``instruction`` and its non-blank ``input`` in the user turn."""
 
 
 def to_conversation(record: dict, fmt: str) -> list[dict]:
@@ -14,16 +14,19 @@ def to_conversation(record: dict, fmt: str) -> list[dict]:
     Input: a record that passed :func:`ftlab.data.formats.check_fields` for ``fmt``.
     Output: a new list of ``{"role": str, "content": str}`` dicts (no other keys):
 
-    * alpaca: ``[system]`` when ``system`` is a non-empty string, then user =
-      ``instruction``, or ``instruction + ALPACA_SEPARATOR + input`` when ``input`` is
-      non-empty (the instruction comes first), then assistant = ``output``;
+    * alpaca: ``[system]`` when ``system`` is not blank, then user = ``instruction``, or
+      ``instruction + ALPACA_SEPARATOR + input`` when ``input`` is not blank (the
+      instruction comes first), then assistant = ``output``. *Blank* means missing,
+      ``None``, empty or white space only (``" "``, ``"\\n"``): a blank ``input`` or
+      ``system`` is absent, as if the field were not there;
     * prompt_completion: user = ``prompt``, assistant = ``completion``;
     * question_answer: user = ``question``, assistant = ``answer``;
     * messages: every turn, in order, system turns included;
     * sharegpt: every turn, ``from`` mapped through ``SHAREGPT_ROLES`` (human -> user,
       gpt -> assistant, system -> system), ``value`` as content.
 
-    Contents are copied verbatim (no stripping). The record is not modified.
+    Contents that are kept are copied verbatim (no stripping: an ``input`` of ``" 2 3\\n"``
+    is appended as it is). The record is not modified.
     """
     ### BEGIN SOLUTION M1.1
     if fmt == "messages":
@@ -32,12 +35,13 @@ def to_conversation(record: dict, fmt: str) -> list[dict]:
         return [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]}
                 for t in record["conversations"]]
     if fmt == "alpaca":
-        user = record["instruction"]
-        if record.get("input"):
-            user = user + ALPACA_SEPARATOR + record["input"]
-        system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-        return system + [{"role": "user", "content": user},
-                         {"role": "assistant", "content": record["output"]}]
+        user, extra = record["instruction"], record.get("input") or ""
+        if extra.strip():
+            user = user + ALPACA_SEPARATOR + extra
+        system = record.get("system") or ""
+        head = [{"role": "system", "content": system}] if system.strip() else []
+        return head + [{"role": "user", "content": user},
+                       {"role": "assistant", "content": record["output"]}]
     prompt, response = {"prompt_completion": ("prompt", "completion"),
                         "question_answer": ("question", "answer")}[fmt]
     return [{"role": "user", "content": record[prompt]},

@@ -22,10 +22,15 @@ def train_val_split(conversations: list[list[dict]], validation_fraction: float,
     """Split into (train, validation), each keeping input order.
 
     Conversations are grouped by :func:`prompt_key`; a whole group goes to one side.
-    Groups are ranked by ``sha256(f"{seed}:{key}")`` (hex digest, ascending) and taken into
-    validation in that order while the validation count stays at most
-    ``round(validation_fraction * len(conversations))``. So the split depends only on the
-    data and the seed, never on input order, and duplicates or same-prompt groups never
+    Groups are ranked by ``hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()``
+    (ascending) and visited in that order; the validation budget is
+    ``round(validation_fraction * len(conversations))``. A group goes to validation when it
+    fits (the count plus its size stays at most the budget); a group that does not fit is
+    skipped (it stays in train) and the next groups are still tried, so one large
+    same-prompt group never ends the selection early, and a group larger than the budget
+    always trains. So the split depends only on the data and the seed: never on input order,
+    nor on the Python process (the built-in ``hash()`` of a string changes with
+    ``PYTHONHASHSEED``, sha256 does not); and duplicates or same-prompt groups never
     straddle it.
     """
     ### BEGIN SOLUTION M1.5
