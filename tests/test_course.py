@@ -142,7 +142,7 @@ def test_release_writes_a_complete_learner_project(learner):
     readme = (learner / "README.md").read_text()
     assert "pytest milestones/ -m m1" in readme and "jupyter lab" in readme
     assert "progress table" in readme and "**M2.1** `Scaler.__init__`" in readme
-    assert "ftlab course grade" in readme and "| M4.2 | blocked by M1.6 | 0/1 |" in readme
+    assert "ftlab course grade" in readme and "| M5.3 | blocked by M2.4 | 0/1 |" in readme
     tasks = json.loads((learner / "course.json").read_text())["tasks"]
     assert [(t["task"], t["graded"]) for t in tasks] == [
         ("M1.1", True), ("M1.2", True), ("M1.3", False), ("M2.1", True), ("M2.2", True),

@@ -1,7 +1,11 @@
 """Milestone 4 — the training loop: the schedule (M4.1), token-normalised accumulation (M4.2),
 clipping and skipped steps (M4.3), resuming exactly (M4.4), early stopping (M4.5).
 
-Every check runs on a tiny random Llama with LoRA adapters, so the suite takes seconds."""
+Every check runs on a tiny random Llama whose attention projections train, so the suite
+takes seconds. Each check exercises its own task only: batches are padded here (not with
+milestone 1's ``collate``), the weights train without adapters (milestone 2), and the
+resume checks step with plain stand-ins for M4.1–M4.3. When a check fails, its "likely
+cause" names the mistakes that reproduce what came back."""
 
 from __future__ import annotations
 
@@ -10,35 +14,57 @@ import math
 
 import pytest
 import torch
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
+from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
 
 from ftlab.config import TrainConfig
-from ftlab.course.teaching import expect, expect_close
-from ftlab.data import collate
-from ftlab.lora import find_target_modules, inject_lora
-from ftlab.models.tiny import tiny_examples, tiny_model
+from ftlab.course.teaching import expect, expect_close, explained
+from ftlab.models.tiny import tiny_config, tiny_examples
 from ftlab.train import (BatchLoader, Checkpoint, EarlyStopping, Trainer, accumulate_gradients,
-                         clip_and_step, count_targets, lr_factor, make_scheduler,
-                         restore_training_state, target_loss_sum)
+                         clip_and_step, count_targets, lr_factor, restore_training_state,
+                         target_loss_sum)
 from ftlab.train.checkpoint import rng_state, trainable_weights
+from ftlab.train.objective import SFTObjective
+from ftlab.train.step import Accumulated, StepOutcome
 
 pytestmark = pytest.mark.m4
 
 PAD = 0
 
 
-def _lora_model(dropout=0.0, seed=0):
-    model = tiny_model("llama", seed=seed)
+def _model(dropout=0.0, seed=0):
+    """A tiny random Llama in training mode; only the q/v projections train (as adapters
+    would), and ``dropout`` acts on the attention probabilities."""
+    config = tiny_config("llama")
+    config.attention_dropout = dropout
     torch.manual_seed(seed)
-    inject_lora(model, find_target_modules(model), r=4, alpha=8, dropout=dropout)
-    for layer in model.modules():  # B = 0 at init makes the first gradients of A vanish
-        if hasattr(layer, "lora_B"):
-            torch.nn.init.normal_(layer.lora_B, std=0.02)
+    model = AutoModelForCausalLM.from_config(config)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.endswith(("q_proj.weight", "v_proj.weight")))
     return model.train()
+
+
+def _pad(examples, pad_id=PAD):
+    """Right-padded tensors of ``examples`` (input_ids, labels with -100, attention_mask)."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    width = max(lengths)
+    gaps = [width - n for n in lengths]
+    return {"input_ids": torch.tensor([e["input_ids"] + [pad_id] * g
+                                       for e, g in zip(examples, gaps)]),
+            "labels": torch.tensor([e["labels"] + [-100] * g for e, g in zip(examples, gaps)]),
+            "attention_mask": torch.tensor([[1] * (width - g) + [0] * g for g in gaps])}
 
 
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _one_of(causes, fallback):
+    """The likely cause: the one mistake that fits, all of them when several do, else the rule."""
+    if not causes:
+        return fallback
+    if len(causes) == 1:
+        return causes[0]
+    return "several mistakes fit what came back — " + " | OR | ".join(causes)
 
 
 # -- M4.1 -------------------------------------------------------------------------------
@@ -50,35 +76,75 @@ def _transformers_factors(total, warmup, floor):
     return [sched.lr_lambdas[0](s) for s in range(total + 1)]
 
 
+def _factors(steps, total, warmup, floor):
+    with explained(task="M4.1", what=f"lr_factor(step, {total}, {warmup}, {floor})",
+                   expected="a float for every step",
+                   cause="warm-up divides by warmup_steps only while step < warmup_steps; the "
+                         "decay divides by max(1, total_steps - warmup_steps)"):
+        return [float(lr_factor(s, total, warmup, floor)) for s in steps]
+
+
+def _warmup_cause(ours, warmup):
+    """Why the warm-up factors differ: a shift by one step, or another ramp."""
+    def ramp(f):
+        return all(math.isclose(ours[s], min(1.0, f(s)), abs_tol=1e-9) for s in range(warmup))
+    if warmup > 1 and (ramp(lambda s: (s + 1) / warmup) or ramp(lambda s: s / (warmup - 1))
+                       or ramp(lambda s: (s - 1) / warmup) or ramp(lambda s: s / (warmup + 1))):
+        return ("off-by-one at the warm-up end: step s of warm-up has factor s / warmup_steps, "
+                "so step 0 is 0 and the peak comes exactly at step == warmup_steps")
+    return ("the warm-up must rise linearly, step / warmup_steps: 0 at step 0, the peak 1.0 "
+            "exactly at step == warmup_steps")
+
+
+def _decay_cause(ours, total, warmup, floor, first):
+    """Why the decay differs from transformers', from the shapes of known mistakes."""
+    def cosine(progress, low):
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    steps = range(warmup, total + 1)
+    shapes = {
+        "cosine decays to zero, floor ignored: the factor falls to min_lr_ratio at total_steps, "
+        "not to 0 — scale the cosine into [min_lr_ratio, 1]":
+            [cosine((s - warmup) / max(1, total - warmup), 0.0) for s in steps],
+        "decay progress counted from step 0: progress = (step - warmup_steps) / (total_steps - "
+        "warmup_steps), so the decay starts at 1 right after warm-up":
+            [cosine(s / total, floor) for s in steps],
+    }
+    fits = [cause for cause, want in shapes.items()
+            if all(math.isclose(ours[s], w, abs_tol=1e-9) for s, w in zip(steps, want))]
+    return _one_of(fits, f"first difference at step {first}; decay progress is (step - warmup) "
+                         "/ (total - warmup) and the cosine runs from 1 down to min_lr_ratio: "
+                         "floor + (1 - floor) * 0.5 * (1 + cos(pi * progress))")
+
+
 @pytest.mark.parametrize("total,warmup,floor", [(20, 5, 0.1), (12, 0, 0.0), (7, 3, 0.5),
                                                 (100, 10, 0.1)])
 def test_m4_1_schedule_equals_transformers(total, warmup, floor):
-    ours = [lr_factor(s, total, warmup, floor) for s in range(total + 1)]
+    ours = _factors(range(total + 1), total, warmup, floor)
     want = _transformers_factors(total, warmup, floor)
     if warmup:
-        expect(math.isclose(ours[warmup], 1.0) and math.isclose(ours[warmup - 1],
-                                                                (warmup - 1) / warmup),
-               task="M4.1", what=f"factor at steps {warmup - 1} and {warmup} (warm-up {warmup})",
-               expected=f"{(warmup - 1) / warmup:.4f} then 1.0",
-               got=f"{ours[warmup - 1]:.4f} then {ours[warmup]:.4f}",
-               cause="off-by-one at the warm-up end: step s of warm-up has factor s / warmup, "
-                     "so step 0 is 0 and the peak comes exactly at step == warmup_steps")
+        expect(all(math.isclose(ours[s], want[s], abs_tol=1e-12) for s in range(warmup + 1)),
+               task="M4.1", what=f"factors for the warm-up steps 0..{warmup}",
+               expected=[round(w, 4) for w in want[:warmup + 1]],
+               got=[round(f, 4) for f in ours[:warmup + 1]], cause=_warmup_cause(ours, warmup))
     bad = [s for s in range(total + 1) if not math.isclose(ours[s], want[s], abs_tol=1e-12)]
     expect(not bad, task="M4.1", what=f"factors for steps 0..{total} vs transformers' "
            "get_cosine_with_min_lr_schedule_with_warmup",
            expected=[round(want[s], 5) for s in bad[:4]], got=[round(ours[s], 5) for s in bad[:4]],
-           cause=f"first difference at step {bad[0] if bad else None}; decay progress is "
-                 "(step - warmup) / (total - warmup) and the cosine runs from 1 down to "
-                 "min_lr_ratio: floor + (1 - floor) * 0.5 * (1 + cos(pi * progress))")
+           cause=_decay_cause(ours, total, warmup, floor, bad[0] if bad else None))
 
 
 def test_m4_1_stays_at_the_floor_after_the_last_step():
-    after = [lr_factor(s, 20, 2, 0.1) for s in range(20, 60)]
+    after = _factors(range(20, 60), 20, 2, 0.1)
+    if all(math.isclose(f, 0.0, abs_tol=1e-9) for f in after):
+        cause = ("cosine decays to zero, floor ignored: the factor ends at min_lr_ratio (0.1 "
+                 "here) and stays there")
+    else:
+        cause = ("decay past the floor: clamp the progress at 1, or the cosine comes back up "
+                 "(or dips below the floor) when training runs past total_steps")
     expect(all(math.isclose(f, 0.1) for f in after), task="M4.1",
            what="factors for steps 20..59 of a 20-step schedule with floor 0.1",
            expected="0.1 every step", got=f"min {min(after):.4f}, max {max(after):.4f}",
-           cause="decay past the floor: clamp the progress at 1, or the cosine comes back up "
-                 "(or dips below the floor) when training runs past total_steps")
+           cause=cause)
 
 
 # -- M4.2 -------------------------------------------------------------------------------
@@ -91,40 +157,95 @@ def uneven():
     return [examples[0], examples[3], examples[1], examples[2]]
 
 
+def _accumulate(model, parts, what):
+    with explained(task="M4.2", what=f"accumulate_gradients over {what}",
+                   expected="an Accumulated(loss, targets) and gradients on the trained weights",
+                   cause="each micro-batch dict goes whole to target_loss_sum(model, mb); "
+                         "count_targets(mb) counts its trained tokens; backward() each part"):
+        return accumulate_gradients(model, parts)
+
+
+def _loss_cause(model, parts, got_loss):
+    """The known mistakes whose step loss equals ``got_loss``, from the parts' sums and counts."""
+    with torch.no_grad():
+        sums = [float(target_loss_sum(model, p)) for p in parts]
+    counts = [count_targets(p) for p in parts]
+    means = [s / c for s, c in zip(sums, counts)]
+    figures = {
+        f"averaging micro-batch means: with trained tokens per micro-batch {counts}, each "
+        "micro-batch must contribute its loss SUM divided by the trained tokens of the whole "
+        "step, so every token weighs the same as in one big batch": sum(means) / len(means),
+        f"summing micro-batch means: each micro-batch divided by its own trained tokens "
+        f"{counts} and the parts added, so the loss and gradients grow with the number of "
+        "micro-batches; divide every SUM by the trained tokens of the whole step": sum(means),
+        "loss not normalised: divide each micro-batch's loss sum by the step's trained tokens "
+        "(count_targets summed over the micro-batches)": sum(sums),
+        "divided by the number of micro-batches instead of the trained tokens: N is the "
+        "count of trained tokens of the whole step": sum(sums) / len(parts),
+    }
+    fits = [cause for cause, figure in figures.items()
+            if math.isclose(got_loss, figure, rel_tol=1e-5)]
+    return _one_of(fits, "the step loss is the sum over every trained token of the step divided "
+                         "once by their number: target_loss_sum(model, mb) / N per micro-batch, "
+                         "added up (return the sum of the parts you backpropagated)")
+
+
+def _grad_cause(got, want):
+    """Why the gradients differ while the reported loss is right: a uniform scale, or not."""
+    dot = sum(float((got[n] * want[n]).sum()) for n in want if n in got)
+    norm = sum(float((w * w).sum()) for w in want.values())
+    scale = dot / norm if norm else math.nan
+    uniform = all(n in got and torch.allclose(got[n], scale * want[n], rtol=1e-3, atol=1e-7)
+                  for n in want)
+    if uniform:
+        return (f"the gradients are {scale:.3g} times those of one big batch while the reported "
+                "loss is right: backpropagate exactly the parts you add into the loss, "
+                "target_loss_sum(model, mb) / N, once per micro-batch")
+    return ("the reported loss is right but the gradients are not those of one big batch: "
+            "backpropagate target_loss_sum(model, mb) / N for every micro-batch (the same N, "
+            "the trained tokens of the whole step) and nothing else")
+
+
 @pytest.mark.parametrize("micro", [2, 1])
 def test_m4_2_accumulation_equals_one_big_batch(uneven, micro):
-    counts = [count_targets(collate([e], PAD)) for e in uneven]
-    model = _lora_model()
-    whole = accumulate_gradients(model, [collate(uneven, PAD)])
+    model = _model()
+    whole = _accumulate(model, [_pad(uneven)], "one batch of 4 examples")
     want = _grads(model)
     model.zero_grad(set_to_none=True)
-    parts = [collate(uneven[i:i + micro], PAD) for i in range(0, 4, micro)]
-    got = accumulate_gradients(model, parts)
-    cause = (f"averaging micro-batch means: with trained tokens per example {counts}, each "
-             "micro-batch must contribute its loss SUM divided by the trained tokens of the "
-             "whole step, so every token weighs the same as in one big batch")
-    expect(math.isclose(got.loss, whole.loss, rel_tol=1e-5) and got.targets == whole.targets,
-           task="M4.2", what=f"step loss and trained tokens, {4 // micro} micro-batches of {micro}",
-           expected=f"{whole.loss:.6f} over {whole.targets} tokens",
-           got=f"{got.loss:.6f} over {got.targets} tokens", cause=cause)
-    for name, grad in _grads(model).items():
-        expect_close(grad, want[name], task="M4.2", what=f"gradient of {name}", cause=cause,
-                     atol=1e-6, rtol=1e-4)
+    parts = [_pad(uneven[i:i + micro]) for i in range(0, 4, micro)]
+    counts = [count_targets(p) for p in parts]
+    what = f"{4 // micro} micro-batches of {micro}"
+    got = _accumulate(model, parts, what)
+    expect(got.targets == whole.targets, task="M4.2", what=f"trained tokens, {what}",
+           expected=f"{whole.targets} (per micro-batch {counts})", got=got.targets,
+           cause=("counted one micro-batch only: " if got.targets in counts else "")
+           + "N is count_targets summed over every micro-batch of the step")
+    expect(math.isclose(got.loss, whole.loss, rel_tol=1e-5), task="M4.2",
+           what=f"step loss, {what}", expected=f"{whole.loss:.6f} (one big batch)",
+           got=f"{got.loss:.6f}", cause=_loss_cause(model, parts, got.loss))
+    grads = _grads(model)
+    bad = [n for n in want if n not in grads or not torch.allclose(grads[n], want[n], rtol=1e-4,
+                                                                   atol=1e-6)]
+    expect(not bad, task="M4.2", what=f"gradients, {what}, vs one big batch",
+           expected="equal on every trained weight",
+           got=f"{len(bad)} of {len(want)} differ (first: {bad[0] if bad else None})",
+           cause=_grad_cause(grads, want))
 
 
 def test_m4_2_loss_is_the_token_mean(uneven):
-    model = _lora_model()
-    batch = collate(uneven, PAD)
+    model = _model()
+    batch = _pad(uneven)
     with torch.no_grad():
         want = float(target_loss_sum(model, batch)) / count_targets(batch)
-    got = accumulate_gradients(model, [collate(uneven[:1], PAD), collate(uneven[1:], PAD)])
+    parts = [_pad(uneven[:1]), _pad(uneven[1:])]
+    got = _accumulate(model, parts, "micro-batches of 1 and 3 examples")
     expect(math.isclose(got.loss, want, rel_tol=1e-5), task="M4.2",
            what="reported step loss", expected=f"{want:.6f} (sum over trained tokens / count)",
-           got=f"{got.loss:.6f}",
-           cause="return the sum of the parts you backpropagated: the token-weighted mean")
-    expect(all(p.grad is not None for p in model.parameters() if p.requires_grad),
-           task="M4.2", what="gradients after accumulation", expected="on every adapter",
-           got="missing", cause="call backward() on each micro-batch's part of the loss")
+           got=f"{got.loss:.6f}", cause=_loss_cause(model, parts, got.loss))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    expect(not missing, task="M4.2", what="gradients after accumulation",
+           expected="on every trained weight", got=f"none on {len(missing)}, e.g. {missing[:2]}",
+           cause="call backward() on each micro-batch's part of the loss")
 
 
 # -- M4.3 -------------------------------------------------------------------------------
@@ -135,20 +256,42 @@ def _one_param(grad):
     return param
 
 
+def _clip_and_step(opt, param, loss):
+    with explained(task="M4.3", what=f"clip_and_step with loss {loss} and gradient "
+                   f"{param.grad.tolist()}", expected="a StepOutcome(grad_norm, stepped)",
+                   cause="clip with torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm), "
+                         "test the loss with math.isfinite, return StepOutcome"):
+        return clip_and_step(opt, [param], max_grad_norm=1.0, loss=loss)
+
+
 def test_m4_3_clips_before_the_step_and_reports_the_pre_clip_norm():
     param = _one_param([6.0, 8.0])  # norm 10
     opt = torch.optim.SGD([param], lr=1.0)
-    out = clip_and_step(opt, [param], max_grad_norm=1.0, loss=1.0)
+    out = _clip_and_step(opt, param, 1.0)
+    if not out.stepped:
+        cause = ("a finite loss and gradient must step: only a non-finite loss or gradient norm "
+                 "skips optimizer.step()")
+    elif math.isclose(out.grad_norm, 1.0, rel_tol=1e-6):
+        cause = ("post-clip norm reported: report the norm clip_grad_norm_ returns — the norm "
+                 "before clipping, the one that tells you how large the gradients really were")
+    else:
+        cause = ("report the norm before clipping (what clip_grad_norm_ returns): "
+                 "sqrt(6² + 8²) = 10 here")
     expect(out.stepped and math.isclose(out.grad_norm, 10.0, rel_tol=1e-6), task="M4.3",
            what="outcome for gradient (6, 8) with max_grad_norm 1",
            expected="stepped, grad_norm 10.0 (before clipping)",
-           got=f"stepped={out.stepped}, grad_norm={out.grad_norm}",
-           cause="report the norm clip_grad_norm_ returns: the norm before clipping, the one that "
-                 "tells you how large the gradients really were")
-    expect_close(param.detach(), torch.tensor([-0.6, -0.8]), task="M4.3",
-                 what="parameter after one SGD step (lr 1) from 0",
-                 cause="clipping after step(): the update must use the clipped gradient "
-                       "(norm 1), so clip first, then optimizer.step()", atol=1e-6)
+           got=f"stepped={out.stepped}, grad_norm={out.grad_norm}", cause=cause)
+    moved = param.detach()
+    if torch.allclose(moved, torch.tensor([-6.0, -8.0])):
+        cause = ("clipping after step(): the update used the unclipped gradient (norm 10); "
+                 "clip first, then optimizer.step()")
+    elif not moved.any():
+        cause = "the parameter did not move: call optimizer.step() after clipping"
+    else:
+        cause = ("the update must use the gradient clipped to norm 1: (6, 8) / 10, one SGD "
+                 "step of lr 1 from 0")
+    expect_close(moved, torch.tensor([-0.6, -0.8]), task="M4.3",
+                 what="parameter after one SGD step (lr 1) from 0", cause=cause, atol=1e-6)
     expect(param.grad is None or not param.grad.any(), task="M4.3",
            what="gradient after the step", expected="zeroed", got=param.grad,
            cause="zero the gradients after stepping, or the next step adds onto them")
@@ -159,34 +302,69 @@ def test_m4_3_clips_before_the_step_and_reports_the_pre_clip_norm():
 def test_m4_3_non_finite_skips_the_step(loss, grad):
     param = _one_param(grad)
     opt = torch.optim.AdamW([param], lr=0.1)
-    out = clip_and_step(opt, [param], max_grad_norm=1.0, loss=loss)
-    expect(not out.stepped and not param.detach().any() and not opt.state,
-           task="M4.3", what=f"step with loss {loss} and gradient {grad}",
+    out = _clip_and_step(opt, param, loss)
+    touched = bool(param.detach().any()) or bool(opt.state)
+    if math.isfinite(loss):
+        cause = ("non-finite gradient norm not checked: the loss is finite but clip_grad_norm_ "
+                 "returned inf — skip optimizer.step() when the norm is not finite either")
+    else:
+        cause = (f"non-finite loss not checked: with loss {loss}, skip optimizer.step() — one "
+                 "nan update poisons every weight and Adam's moments for good")
+    if not out.stepped and touched:
+        cause = "stepped=False was reported, yet the optimizer stepped: " + cause
+    expect(not out.stepped and not touched, task="M4.3",
+           what=f"step with loss {loss} and gradient {grad}",
            expected="skipped: parameter and optimizer state untouched",
            got=f"stepped={out.stepped}, parameter {param.detach().tolist()}, "
-               f"optimizer state {'set' if opt.state else 'empty'}",
-           cause="a non-finite loss or gradient norm must skip optimizer.step() — one nan "
-                 "update poisons every weight and Adam's moments for good")
+               f"optimizer state {'set' if opt.state else 'empty'}", cause=cause)
     expect(param.grad is None or not param.grad.any(), task="M4.3",
            what="gradient after a skipped step", expected="zeroed", got=param.grad,
            cause="zero the gradients of a skipped step too, or they leak into the next one")
 
 
 # -- M4.4 -------------------------------------------------------------------------------
+# Resuming is checked with plain stand-ins for the schedule, the accumulation and the step
+# (not M4.1-M4.3, which have checks of their own): exactness does not depend on them.
+
+def _stand_in_factor(step, total_steps, warmup_steps=0, min_lr_ratio=0.0):
+    return 1.0 / (1.0 + 0.1 * step)
+
+
+def _stand_in_step(optimizer, parameters, max_grad_norm, loss):
+    optimizer.step(closure=None)
+    optimizer.zero_grad()  # set_to_none by default
+    return StepOutcome(grad_norm=1.0, stepped=True)
+
+
+class _StandInObjective(SFTObjective):
+    """Cross-entropy sums scaled by a constant, backpropagated per micro-batch."""
+
+    def collate(self, examples, pad_id):
+        return _pad(examples, pad_id)
+
+    def accumulate(self, model, micro_batches):
+        loss = 0.0
+        for batch in micro_batches:
+            part = target_loss_sum(model, batch) * 1e-2
+            part.backward()
+            loss += float(part.detach())
+        return Accumulated(loss=loss, targets=sum(count_targets(b) for b in micro_batches))
+
 
 def _objects(examples, dropout=0.1):
-    model = _lora_model(dropout=dropout)
+    model = _model(dropout=dropout)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
-    sched = make_scheduler(opt, 10, 0.2, 0.1)
-    loader = BatchLoader(examples, 2, PAD, seed=1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _stand_in_factor(s, 10))
+    loader = BatchLoader(examples, 2, PAD, seed=1, collate_fn=_pad)
     return model, params, opt, sched, loader
 
 
 def _train_steps(model, params, opt, sched, loader, n):
+    objective = _StandInObjective()
     for _ in range(n):
-        acc = accumulate_gradients(model, [loader.next()])
-        clip_and_step(opt, params, 1.0, acc.loss)
+        objective.accumulate(model, [loader.next()])
+        _stand_in_step(opt, params, 1.0, 0.0)
         sched.step()
 
 
@@ -205,7 +383,11 @@ def resumed():
     checkpoint = _snapshot(original[0], *original[2:])
     fresh = _objects(examples)
     torch.manual_seed(1234)  # a new process starts from some other RNG state
-    returned = restore_training_state(checkpoint, fresh[0], fresh[2], fresh[3], fresh[4])
+    with explained(task="M4.4", what="restore_training_state(checkpoint, model, optimizer, "
+                   "scheduler, loader)", expected="the run put back, the trainer counters "
+                   "returned", cause="checkpoint.weights maps parameter names to tensors; "
+                   "checkpoint.state holds 'optimizer', 'scheduler', 'data', 'rng', 'trainer'"):
+        returned = restore_training_state(checkpoint, fresh[0], fresh[2], fresh[3], fresh[4])
     after_restore = torch.rand(4)
     torch.set_rng_state(checkpoint.state["rng"]["torch"])
     return original, fresh, checkpoint, returned, (after_restore, torch.rand(4))
@@ -246,17 +428,25 @@ def test_m4_4_restores_rng_and_data_position(resumed):
                           "batches of the epoch; call loader.load_state_dict(state['data'])")
 
 
-def test_m4_4_resumed_run_is_bit_identical(tmp_path):
+def test_m4_4_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+    monkeypatch.setattr("ftlab.train.schedule.lr_factor", _stand_in_factor)
+    monkeypatch.setattr("ftlab.train.trainer.clip_and_step", _stand_in_step)
     examples = tiny_examples(24, seed=7)
     cfg = TrainConfig(max_steps=6, batch_size=4, grad_accum=2, lr=1e-2, save_every=100,
                       warmup_ratio=0.2)
 
     def run(folder, stop_at=None):
-        model = _lora_model(dropout=0.1)
-        trainer = Trainer(model, examples, cfg, folder, PAD, progress=False)
+        model = _model(dropout=0.1)
+        trainer = Trainer(model, examples, cfg, folder, PAD, progress=False,
+                          objective=_StandInObjective())
         if stop_at:
             trainer.callbacks.append(lambda r: r["step"] == stop_at and trainer.request_stop())
-        result = trainer.fit()
+        with explained(task="M4.4", what=f"Trainer.fit() in {folder.name}"
+                       + (f", stopping at step {stop_at}" if stop_at else ""),
+                       expected="a finished (or resumed and finished) run",
+                       cause="the Trainer resumes through restore_training_state: it must accept "
+                             "the checkpoint the Trainer wrote and put every part back"):
+            result = trainer.fit()
         return trainable_weights(model), result
 
     straight, _ = run(tmp_path / "straight")
@@ -269,45 +459,126 @@ def test_m4_4_resumed_run_is_bit_identical(tmp_path):
     diff = max(float((resumed[n] - straight[n]).abs().max()) for n in straight)
     expect(diff == 0, task="M4.4", what="final weights, resumed vs uninterrupted (6 steps)",
            expected="bit-identical (difference 0)", got=f"max difference {diff:.3g}",
-           cause="something was not restored: weights, optimizer, scheduler, RNG (dropout) or "
-                 "data position")
+           cause="something was not restored — any of weights, optimizer, scheduler, RNG "
+                 "(dropout) or data position fits; the other M4.4 checks tell which")
 
 
 # -- M4.5 -------------------------------------------------------------------------------
+# Each check feeds evaluation records, compares what EarlyStopping did with the spec, and
+# names every known mistake that reproduces what it did instead.
 
-def _feed(stopper, val_losses, train_losses=None):
+def _records(val_losses, train_losses=None, every=10):
+    """Evaluation records every ``every`` steps; training loss falls steadily by default."""
     train_losses = train_losses or [3.0 - 0.3 * i for i in range(len(val_losses))]
+    return [{"step": every * (i + 1), "train_loss": t, "val_loss": v}
+            for i, (v, t) in enumerate(zip(val_losses, train_losses))]
+
+
+def _behaviour(records, patience, min_delta=0.0, *, judged="val_loss", counted="evaluations",
+               resets=True, uses_delta=True, best_follows_any_fall=False):
+    """What early stopping does with ``records``: per-record improvement flags, the index of
+    the record that stops it (None: never), then best and bad_evals. With the defaults, what
+    the spec asks; each keyword changes one thing, as a known mistake does."""
+    lowest, misses, step_of_lowest, flags = math.inf, 0, 0, []
+    for index, record in enumerate(records):
+        value = record[judged]
+        better = value < lowest - (min_delta if uses_delta else 0.0)
+        flags.append(better)
+        if better:
+            lowest, step_of_lowest = value, record["step"]
+            misses = 0 if resets else misses
+        else:
+            lowest = min(lowest, value) if best_follows_any_fall else lowest
+            misses = misses + 1 if counted == "evaluations" else record["step"] - step_of_lowest
+        if patience is not None and misses >= patience:
+            return flags, index, lowest, misses
+    return flags, None, lowest, misses
+
+
+MISTAKES = [
+    (dict(judged="train_loss"),
+     "stopping on training loss: training loss keeps falling while the model overfits; only "
+     "metrics['val_loss'] decides"),
+    (dict(counted="steps"),
+     "patience counted in steps: bad_evals must grow by 1 per evaluation without improvement, "
+     "not by the steps since the best one — evaluations come every eval_every steps, so one "
+     "bad evaluation would already use up the patience"),
+    (dict(uses_delta=False),
+     "min_delta ignored: an improvement needs val_loss < best - min_delta; a smaller fall is "
+     "not one"),
+    (dict(resets=False),
+     "bad_evals not reset: an improvement resets bad_evals to 0 — without that, bad "
+     "evaluations from before it stop the run early"),
+    (dict(best_follows_any_fall=True),
+     "best moved by a fall that did not count: best keeps the lowest validation loss that "
+     "counted as an improvement (below best - min_delta); a smaller fall leaves it"),
+]
+RULE = ("an evaluation improves when val_loss < best - min_delta: best = val_loss, bad_evals "
+        "back to 0; any other evaluation adds 1 to bad_evals; the stop comes when bad_evals "
+        "reaches patience")
+
+
+def _observe(records, patience, min_delta=0.0):
+    """What the learner's EarlyStopping does with ``records``, in :func:`_behaviour`'s form."""
+    stopper = EarlyStopping(patience=patience, min_delta=min_delta)
     flags = []
-    for i, (v, t) in enumerate(zip(val_losses, train_losses)):
-        flags.append(stopper.update({"step": 10 * (i + 1), "train_loss": t, "val_loss": v}))
+    for index, record in enumerate(records):
+        with explained(task="M4.5", what=f"EarlyStopping.update({record})",
+                       expected="True or False: is this evaluation the new best?",
+                       cause="update gets the evaluation record (a dict of floats) and keeps "
+                             "best and bad_evals on self"):
+            flags.append(stopper.update(dict(record)))
         if stopper.should_stop:
-            return flags, i
-    return flags, None
+            return flags, index, stopper.best, stopper.bad_evals
+    return flags, None, stopper.best, stopper.bad_evals
+
+
+def _describe(run):
+    flags, stop, best, bad = run
+    where = "never stopped" if stop is None else f"stopped at evaluation {stop + 1}"
+    return f"improvements {flags}, {where}, best {best}, bad_evals {bad}"
+
+
+def _mistakes_fitting(cases):
+    """The known mistakes that reproduce every observed run of ``cases``:
+    [(records, patience, min_delta, observed)]."""
+    return [cause for change, cause in MISTAKES
+            if all(_behaviour(records, patience, delta, **change) == seen
+                   for records, patience, delta, seen in cases)]
 
 
 def test_m4_5_stops_when_validation_loss_stops_improving():
-    stopper = EarlyStopping(patience=2)
-    flags, stopped_at = _feed(stopper, [2.0, 1.8, 1.9, 2.1, 2.3, 2.5])
-    expect(stopped_at == 3 and flags == [True, True, False, False], task="M4.5",
-           what="evaluations with validation loss 2.0, 1.8, 1.9, 2.1, … (training loss falling "
-                "all the time), patience 2",
-           expected="improvements [True, True, False, False], stop at the 4th evaluation",
-           got=f"improvements {flags}, stop at {None if stopped_at is None else stopped_at + 1}",
-           cause="stopping on training loss: training loss keeps falling while the model "
-                 "overfits; only metrics['val_loss'] decides")
-    expect(stopper.best == 1.8 and stopper.bad_evals == 2, task="M4.5",
-           what="best and bad_evals", expected="best 1.8, bad_evals 2",
-           got=f"best {stopper.best}, bad_evals {stopper.bad_evals}",
-           cause="best keeps the lowest validation loss that counted; bad_evals counts the "
-                 "evaluations since")
+    records = _records([2.0, 1.8, 1.9, 2.1, 2.3, 2.5])
+    want, got = _behaviour(records, 2), _observe(records, 2)
+    expect(got == want, task="M4.5",
+           what="evaluations every 10 steps with validation loss 2.0, 1.8, 1.9, 2.1, 2.3, 2.5 "
+                "(training loss falling all the time), patience 2",
+           expected=_describe(want), got=_describe(got),
+           cause=_one_of(_mistakes_fitting([(records, 2, 0.0, got)]), RULE))
+
+
+def test_m4_5_patience_counts_evaluations_not_steps():
+    losses = [2.0, 1.8, 1.9, 2.1, 2.3, 2.5]
+    cases = [(_records(losses, every=every), 2, 0.0) for every in (1, 25, 100)]
+    runs = [(records, p, d, _observe(records, p, d)) for records, p, d in cases]
+    want = _behaviour(cases[0][0], 2)
+    stops = {every: run[-1][1] for every, run in zip((1, 25, 100), runs)}
+    fits = _mistakes_fitting(runs)
+    if len(set(stops.values())) > 1 and MISTAKES[1][1] not in fits:
+        fits.append(MISTAKES[1][1])  # the stop moved with the spacing: steps were counted
+    expect(all(run[-1][:2] == want[:2] for run in runs), task="M4.5",
+           what="the same validation losses evaluated every 1, 25 and 100 steps, patience 2",
+           expected=f"stop at evaluation {want[1] + 1} every time",
+           got="; ".join(f"every {every}: " + ("never" if stop is None else f"evaluation "
+                                                f"{stop + 1}") for every, stop in stops.items()),
+           cause=_one_of(fits, "patience counts evaluations, whatever eval_every is: " + RULE))
 
 
 def test_m4_5_min_delta_and_reset():
-    stopper = EarlyStopping(patience=3, min_delta=0.1)
-    flags, _ = _feed(stopper, [2.0, 1.95, 1.85, 1.8, 1.6])
-    expect(flags == [True, False, True, False, True] and stopper.bad_evals == 0, task="M4.5",
-           what="validation loss 2.0, 1.95, 1.85, 1.8, 1.6 with min_delta 0.1",
-           expected="improvements [True, False, True, False, True], bad_evals 0 at the end",
-           got=f"improvements {flags}, bad_evals {stopper.bad_evals}",
-           cause="an improvement needs val_loss < best - min_delta (1.95 is not enough after "
-                 "2.0), and an improvement resets bad_evals to 0")
+    records = _records([2.0, 1.95, 1.85, 1.8, 1.6], [3.0, 2.98, 2.96, 2.94, 2.92])
+    want, got = _behaviour(records, 3, 0.1), _observe(records, 3, 0.1)
+    expect(got == want, task="M4.5",
+           what="validation loss 2.0, 1.95, 1.85, 1.8, 1.6 with min_delta 0.1, patience 3",
+           expected=_describe(want), got=_describe(got),
+           cause=_one_of(_mistakes_fitting([(records, 3, 0.1, got)]),
+                         "1.95 is not enough after 2.0 (min_delta 0.1); " + RULE))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ftlab.course.teaching import expect
+from ftlab.course.teaching import expect, explained
 from ftlab.export import export_gguf, gguf_tensor, verify_gguf
 from ftlab.models import load_base_model
 from ftlab.models.measure import chat_prompt
@@ -43,6 +43,15 @@ def _llama_cpp_name(hf_name: str, n_layers: int) -> str:
         hf_name, try_suffixes=(".weight",))
 
 
+def _gguf_tensor(hf_name, tensor, config):
+    with explained(task="M5.4", what=f"gguf_tensor({hf_name!r}, tensor of shape "
+                   f"{tuple(tensor.shape)}, config)", expected="(llama.cpp name, tensor)",
+                   cause="names: a fixed table outside the blocks, model.layers.{i}.<module>."
+                         "weight -> blk.{i}.<llama.cpp name>.weight inside; Q/K rows: view as "
+                         "(n, 2, head_dim/2, hidden) with n the heads of that projection"):
+        return gguf_tensor(hf_name, tensor, config)
+
+
 def _check_names(pairs: list[tuple[str, str, str]], where: str) -> None:
     """``pairs``: (Hugging Face name, llama.cpp name, name returned)."""
     bad = [(hf, want, got) for hf, want, got in pairs if got != want]
@@ -59,7 +68,7 @@ def _check_names(pairs: list[tuple[str, str, str]], where: str) -> None:
 def test_m5_4_tensor_names_are_llama_cpp_names():
     model = tiny_model("llama")
     n_layers = model.config.num_hidden_layers
-    pairs = [(hf, _llama_cpp_name(hf, n_layers), gguf_tensor(hf, p.detach(), model.config)[0])
+    pairs = [(hf, _llama_cpp_name(hf, n_layers), _gguf_tensor(hf, p.detach(), model.config)[0])
              for hf, p in model.named_parameters()]
     _check_names(pairs, "returned by gguf_tensor for a tiny Llama")
 
@@ -68,7 +77,7 @@ def test_m5_4_only_q_and_k_rows_move():
     model = tiny_model("llama")
     for hf, p in model.named_parameters():
         weight = p.detach()
-        out = gguf_tensor(hf, weight.clone(), model.config)[1]
+        out = _gguf_tensor(hf, weight.clone(), model.config)[1]
         expect(tuple(out.shape) == tuple(weight.shape), task="M5.4", what=f"shape of {hf}",
                expected=tuple(weight.shape), got=tuple(out.shape),
                cause="GGUF stores the Hugging Face (out, in) shape as is; llama.cpp reverses "
@@ -107,7 +116,7 @@ def test_m5_4_qk_rows_match_llama_cpp_rope():
             continue
         weight = p.detach()
         heads = weight.shape[0] // head_dim
-        out = gguf_tensor(hf, weight.clone(), cfg)[1]
+        out = _gguf_tensor(hf, weight.clone(), cfg)[1]
         # Hugging Face: rotate halves of each head (the model's own apply_rotary_pos_emb)
         v = (x @ weight.T).reshape(7, heads, head_dim).transpose(0, 1)[None]
         v, _ = apply_rotary_pos_emb(v, v, cos, sin)
@@ -129,7 +138,10 @@ def embedded():
 
 def test_m5_4_embedded_model_round_trip(embedded, tmp_path):
     model, tokenizer = embedded
-    written = export_gguf(model, tokenizer, tmp_path / "model.gguf", "f16", progress=False)
+    with explained(task="M5.4", what="export_gguf of the embedded model (f16)",
+                   expected="a GGUF file", cause="export_gguf writes what gguf_tensor returns "
+                   "for every weight: a llama.cpp name and a tensor of the same shape"):
+        written = export_gguf(model, tokenizer, tmp_path / "model.gguf", "f16", progress=False)
     n_layers = model.config.num_hidden_layers
     names = {t.name for t in gguf.GGUFReader(written.path).tensors}
     want = {_llama_cpp_name(hf, n_layers) for hf, _ in model.named_parameters()}  # head tied

@@ -30,7 +30,7 @@ WRONG_ANSWERS = [
                              "part = (target_loss_sum(model, mb) / count_targets(mb)"
                              " / len(micro_batches))")),
     WrongAnswer(task="M4.2", label="summing micro-batch means (loss grows with accumulation)",
-                message_contains=("averaging micro-batch means",),
+                message_contains=("summing micro-batch means",),
                 code=variant(ROOT, "M4.2", "part = target_loss_sum(model, mb) / total",
                              "part = target_loss_sum(model, mb) / count_targets(mb)")),
     WrongAnswer(task="M4.3", label="clipping after step()",
@@ -50,8 +50,11 @@ WRONG_ANSWERS = [
                              "norm = float(torch.nn.utils.clip_grad_norm_(parameters, "
                              "max_grad_norm))\noptimizer.step()\n")),
     WrongAnswer(task="M4.3", label="non-finite loss not checked",
-                message_contains=("non-finite",),
+                message_contains=("non-finite loss not checked",),
                 code=variant(ROOT, "M4.3", "if not math.isfinite(loss):", "if False:")),
+    WrongAnswer(task="M4.3", label="non-finite gradient norm not checked",
+                message_contains=("non-finite gradient norm not checked",),
+                code=variant(ROOT, "M4.3", "if not math.isfinite(norm):", "if False:")),
     WrongAnswer(task="M4.4", label="RNG not restored", message_contains=("RNG not restored",),
                 code=variant(ROOT, "M4.4", 'set_rng_state(checkpoint.state["rng"])\n', "")),
     WrongAnswer(task="M4.4", label="data position not restored",
@@ -73,4 +76,39 @@ WRONG_ANSWERS = [
                 message_contains=("resets bad_evals",),
                 code=variant(ROOT, "M4.5", "self.best, self.bad_evals = loss, 0",
                              "self.best = loss")),
+    WrongAnswer(task="M4.5", label="patience counted in steps (steps since the best)",
+                message_contains=("patience counted in steps",),
+                code='''
+                    loss = metrics["val_loss"]
+                    if loss < self.best - self.min_delta:
+                        self.best, self.bad_evals = loss, 0
+                        self.best_step = metrics["step"]
+                        return True
+                    self.bad_evals = metrics["step"] - self.best_step
+                    return False
+                '''),
+    WrongAnswer(task="M4.5", label="patience counted in steps (steps added per evaluation)",
+                message_contains=("patience counted in steps",),
+                code='''
+                    loss = metrics["val_loss"]
+                    steps = metrics["step"] - getattr(self, "last_step", 0)
+                    self.last_step = metrics["step"]
+                    if loss < self.best - self.min_delta:
+                        self.best, self.bad_evals = loss, 0
+                        return True
+                    self.bad_evals += steps
+                    return False
+                '''),
+    WrongAnswer(task="M4.5", label="best follows every fall, even one below min_delta",
+                message_contains=("best keeps the lowest validation loss that counted",),
+                code='''
+                    loss = metrics["val_loss"]
+                    improved = loss < self.best - self.min_delta
+                    self.best = min(self.best, loss)
+                    if improved:
+                        self.bad_evals = 0
+                        return True
+                    self.bad_evals += 1
+                    return False
+                '''),
 ]

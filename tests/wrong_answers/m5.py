@@ -23,6 +23,24 @@ WRONG_ANSWERS = [
     WrongAnswer(task="M5.2", label="finished rows not padded",
                 message_contains=("keep the stop token, then pad",),
                 code=variant(ROOT, "M5.2", ".argmax(-1).masked_fill(done, pad_id)", ".argmax(-1)")),
+    WrongAnswer(task="M5.2", label="position ids as the spec read: cumsum - 1, not clamped",
+                message_contains=("IndexError", "position ids", "clamp"),
+                code=variant(ROOT, "M5.2", "positions = (mask.cumsum(-1) - 1).clamp(min=0)",
+                             "positions = mask.cumsum(-1) - 1")),
+    WrongAnswer(task="M5.2", label="position ids ignore the padding (0..T-1 for every row)",
+                message_contains=("only left-padded rows differ", "position ids"),
+                code=variant(ROOT, "M5.2", "positions = (mask.cumsum(-1) - 1).clamp(min=0)",
+                             "positions = torch.arange(mask.shape[1]).expand_as(mask)")),
+    WrongAnswer(task="M5.2", label="no position ids passed (the model counts the padding)",
+                message_contains=("only left-padded rows differ", "position ids"),
+                code=variant(ROOT, "M5.2", "attention_mask=mask, position_ids=positions,",
+                             "attention_mask=mask,")),
+    WrongAnswer(task="M5.2", label="whole sequence re-fed with the cache",
+                message_contains=("the first tokens match", "newest token"),
+                code=variant(ROOT, "M5.2",
+                             "step_ids, positions = token[:, None], positions[:, -1:] + 1",
+                             "step_ids = torch.cat([input_ids, torch.stack(new, 1)], 1)\n"
+                             "    positions = torch.cat([positions, positions[:, -1:] + 1], 1)")),
     WrongAnswer(task="M5.3", label="merging into a 4-bit weight",
                 message_contains=("merging into a 4-bit weight",),
                 code='''
@@ -39,6 +57,41 @@ WRONG_ANSWERS = [
                 '''),
     WrongAnswer(task="M5.3", label="merged in place", message_contains=("merged in place",),
                 code=variant(ROOT, "M5.3", "merge_lora(copy.deepcopy(model))", "merge_lora(model)")),
+    WrongAnswer(task="M5.3", label="update folded transposed (A.T @ B.T: shape mismatch)",
+                message_contains=("RuntimeError", "scaling * B @ A", "(out, in)"),
+                code='''
+                    from ftlab.lora.layer import dense_weight
+
+                    model.eval()
+                    reference = model(input_ids=input_ids).logits.float()
+                    merged = copy.deepcopy(model).eval()
+                    for name, layer in lora_layers(merged).items():
+                        update = layer.scaling * layer.lora_A.float().T @ layer.lora_B.float().T
+                        plain = nn.Linear(update.shape[1], update.shape[0], bias=False)
+                        plain.weight.data.copy_(dense_weight(layer.base_layer).float() + update)
+                        parent, _, child = name.rpartition(".")
+                        setattr(merged.get_submodule(parent), child, plain)
+                    diff = (merged(input_ids=input_ids).logits.float() - reference).abs().max()
+                    return MergeResult(merged, float(diff))
+                '''),
+    WrongAnswer(task="M5.3", label="update folded without the alpha / r scaling",
+                message_contains=("wrong scale",),
+                code='''
+                    from ftlab.lora.layer import dense_weight
+
+                    model.eval()
+                    reference = model(input_ids=input_ids).logits.float()
+                    merged = copy.deepcopy(model).eval()
+                    for name, layer in lora_layers(merged).items():
+                        weight = dense_weight(layer.base_layer).float()
+                        weight = weight + layer.lora_B.float() @ layer.lora_A.float()
+                        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+                        plain.weight.data.copy_(weight)
+                        parent, _, child = name.rpartition(".")
+                        setattr(merged.get_submodule(parent), child, plain)
+                    diff = (merged(input_ids=input_ids).logits.float() - reference).abs().max()
+                    return MergeResult(merged, float(diff))
+                '''),
     WrongAnswer(task="M5.4", label="unpermuted Q/K", message_contains=("unpermuted Q/K",),
                 code=variant(ROOT, "M5.4", "per_head.transpose(1, 2).reshape(rows, cols)",
                              "per_head.reshape(rows, cols)")),

@@ -149,7 +149,7 @@ def task_status(records: list[dict]) -> tuple[str, list[str]]:
 
 def progress(records: list[dict]) -> list[str]:
     """Lines of the progress table: per milestone, tasks passed and each task's mark
-    (``M4.2 pass``, ``M4.3 FAIL``, ``M4.2 blocked by M1.6``)."""
+    (``M4.2 pass``, ``M4.3 FAIL``, ``M5.3 blocked by M2.4``)."""
     tasks: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r["task"] and r["outcome"] != "skipped":

@@ -18,9 +18,13 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """The greedy continuation of each left-padded prompt — the new tokens only.
 
     ``input_ids``, ``attention_mask``: (B, T), prompts padded on the left (mask 0 there).
-    Each step feeds only the newest token with the cache of the previous steps
-    (``past_key_values``, ``use_cache=True``), the mask grown by one column, and position ids
-    continuing from each row's real length (``attention_mask.cumsum(-1) - 1`` for the prompt),
+    The first step feeds the whole prompt with position ids that count each row's real
+    tokens from 0: ``attention_mask.cumsum(-1) - 1``, which is -1 on the left padding, so
+    set it to 0 there, as transformers' ``generate`` does (``.clamp(min=0)``; any valid id
+    would do, padding is masked out). Left at -1 it indexes no position: GPT-2's learned
+    position table raises ``IndexError``. Each later step feeds only the newest token (B, 1)
+    with the cache of the previous steps (``past_key_values``, ``use_cache=True``), the mask
+    grown by one column of ones, and each row's position id one more than its last,
     and appends ``argmax`` of the last logits. A row that has produced a token of ``stop_ids``
     keeps that token and is padded with ``pad_id`` afterwards; decoding ends when every row has
     stopped or after ``max_new_tokens``. Returns (B, N) new token ids, N <= max_new_tokens —
