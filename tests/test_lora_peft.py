@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 import ftlab  # noqa: F401  (quiets the bitsandbytes kernels notice)
-from ftlab.lora import (find_target_modules, inject_lora, load_adapter, lora_layers,
-                        merge_lora, parameter_report, save_adapter)
+from ftlab.lora import (find_target_modules, inject_lora, load_adapter, load_in_peft,
+                        lora_layers, merge_lora, parameter_report, save_adapter)
 from ftlab.models.tiny import ARCHITECTURES, tiny_model
 
 R, ALPHA = 4, 8.0
@@ -77,6 +78,29 @@ def test_our_adapter_folder_loads_in_peft_with_the_same_logits(arch, tmp_path):
     save_adapter(ours, tmp_path / "adapter")
     LoraConfig.from_pretrained(str(tmp_path / "adapter"))  # a valid PEFT config
     peft = PeftModel.from_pretrained(tiny_model(arch), str(tmp_path / "adapter")).eval()
+    assert torch.allclose(ours.eval()(IDS).logits, peft(IDS).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_an_explicitly_requested_lm_head_is_refused(arch):
+    with pytest.raises(ValueError, match="lm_head"):
+        find_target_modules(tiny_model(arch), names=["lm_head"])
+
+
+def test_load_in_peft_silences_only_the_deprecation_notice_peft_triggers(tmp_path):
+    ours, _ = _ours_and_peft("llama")
+    save_adapter(ours, tmp_path / "adapter")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path / "adapter"))
+    assert any("is_gradient_checkpointing" in str(w.message) for w in caught)  # the notice is real
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft = load_in_peft(tiny_model("llama"), tmp_path / "adapter").eval()
+        warnings.warn("other notices still show", FutureWarning)
+    assert [str(w.message) for w in caught] == ["other notices still show"]
+    assert warnings.filters == filters
     assert torch.allclose(ours.eval()(IDS).logits, peft(IDS).logits, atol=1e-5)
 
 

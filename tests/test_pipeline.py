@@ -192,3 +192,14 @@ def test_replay_keeps_general_perplexity_nearer_the_base(tmp_path):
                 tmp_path / str(replay), tokenizer.pad_token_id, progress=False).fit()
         ratios[replay] = general_perplexity(model.eval(), tokenizer) / base_ppl
     assert ratios[0.3] < 1.5 < ratios[0.0], ratios
+
+
+def test_an_lm_head_in_the_lora_targets_is_a_config_error():
+    from ftlab.config import LoRAConfig
+    from ftlab.models.tiny import tiny_model
+    from ftlab.pipeline.training import target_names
+
+    model = tiny_model("llama")
+    assert target_names(model, LoRAConfig(target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match=r"lora.target_modules: 'lm_head' is the LM head"):
+        target_names(model, LoRAConfig(target_modules=["q_proj", "lm_head"]))

@@ -31,6 +31,25 @@ WRONG_ANSWERS = [
     WrongAnswer(task="M3.2", label="nibble order wrong", message_contains=("nibble order wrong",),
                 code=variant(ROOT, "M3.2", "(codes[0::2] << 4) | codes[1::2]",
                              "(codes[1::2] << 4) | codes[0::2]")),
+    WrongAnswer(task="M3.2", label="odd-size padding nibble wrong (0, not the zero level's 7)",
+                message_contains=("padding nibble wrong",),
+                code='''
+                    blocks = as_blocks(weight.detach().reshape(-1).float(), block_size)
+                    absmax = blocks.abs().amax(dim=1)
+                    scaled = blocks * (1.0 / absmax.clamp(min=TINY)).unsqueeze(1)
+                    codes = nearest_code(scaled.reshape(-1)[:n], nf4_codebook())
+                    codes = torch.cat([codes, codes.new_zeros(n % 2)])
+                    return (codes[0::2] << 4) | codes[1::2], absmax
+                '''),
+    WrongAnswer(task="M3.2", label="one absmax per row instead of per block of 64",
+                message_contains=("absmax per row",),
+                code=variant(ROOT, "M3.2",
+                             "as_blocks(weight.detach().reshape(-1).float(), block_size)",
+                             "weight.detach().float().reshape(len(weight), -1)")),
+    WrongAnswer(task="M3.2", label="padding bytes of the last block kept",
+                message_contains=("padding bytes kept",),
+                code=variant(ROOT, "M3.2", "return packed[: (n + 1) // 2], absmax",
+                             "return packed, absmax")),
     WrongAnswer(task="M3.3", label="nibbles unpacked low first", message_contains=("high nibble",),
                 code=variant(ROOT, "M3.3", "[code[byte >> 4], code[byte & 0xF]]",
                              "[code[byte & 0xF], code[byte >> 4]]")),

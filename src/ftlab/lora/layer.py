@@ -56,7 +56,10 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0) -> None:
         """Wrap ``base``; A ~ kaiming-uniform(a=sqrt(5)), B = 0; freeze every base parameter.
 
-        A and B take the base weight's dtype and device. Raises ValueError for r < 1.
+        Sets ``base_layer`` (``base`` itself, not a copy), ``lora_A`` (r x in), ``lora_B``
+        (out x r, all zeros), ``scaling`` = alpha / r and ``lora_dropout``: ``nn.Dropout(dropout)``
+        when dropout > 0, else ``nn.Identity()``. A and B take the base weight's dtype and
+        device. Raises ValueError for r < 1.
         """
         super().__init__()
         if r < 1:
@@ -80,8 +83,12 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base_layer(x) + scaling * lora_dropout(x) @ lora_A.T @ lora_B.T``.
 
-        x: (..., in_features) -> (..., out_features). Dropout touches only the adapter path;
-        the base path sees x unchanged.
+        x: (..., in_features) -> (..., out_features). Dropout touches only the adapter path,
+        and there only its input: the base path sees x unchanged, and neither ``x @ A.T`` nor
+        the update after B is dropped out. ``lora_dropout`` is called exactly once, on x, and
+        is the only random draw, so in train mode the output is reproducible from the seed:
+        after ``torch.manual_seed(s)`` the mask is the one ``F.dropout(x, p)`` draws after the
+        same seed. In eval mode dropout does nothing.
         """
         ### BEGIN SOLUTION M2.2
         update = self.lora_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T
@@ -89,7 +96,11 @@ class LoRALinear(nn.Module):
         ### END SOLUTION
 
     def delta_weight(self) -> torch.Tensor:
-        """The update ``scaling * B @ A`` as (out, in), computed in float32."""
+        """The update ``scaling * B @ A`` as a float32 (out, in) tensor.
+
+        A and B are cast to float32 before multiplying (in bfloat16 the product would lose
+        the small update); the result is never in the adapter's own dtype.
+        """
         ### BEGIN SOLUTION M2.5
         return self.scaling * (self.lora_B.float() @ self.lora_A.float())
         ### END SOLUTION

@@ -8,6 +8,7 @@ An adapter folder holds ``adapter_config.json`` (a valid PEFT ``LoraConfig``) an
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -75,3 +76,21 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     if tensors:
         raise ArtifactError(f"{folder / WEIGHTS}: unused tensors {sorted(tensors)[:3]}")
     return model
+
+
+PEFT_NOTICE = r"`is_gradient_checkpointing` is deprecated"
+"""transformers 5 warns (FutureWarning) when PEFT 0.21 reads this property while loading an
+adapter: a notice about PEFT's own code that no ftlab user can act on."""
+
+
+def load_in_peft(model: nn.Module, folder: Path):
+    """An adapter folder loaded by PEFT itself: ``peft.PeftModel.from_pretrained(model, folder)``.
+
+    Exactly PEFT's loader; only the FutureWarning :data:`PEFT_NOTICE` it triggers inside
+    transformers is silenced (every other warning still shows).
+    """
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_NOTICE, category=FutureWarning)
+        return PeftModel.from_pretrained(model, str(folder))

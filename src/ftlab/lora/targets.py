@@ -23,20 +23,35 @@ def is_linear(module: nn.Module) -> bool:
 def find_target_modules(model: nn.Module, names: list[str] | None = None) -> list[str]:
     """Full names (as in ``model.named_modules()``, in that order) of the layers to adapt.
 
-    ``names`` given: every linear layer whose last name component is in ``names``.
-    Otherwise the model's architecture decides: ``KNOWN_TARGETS[model.config.model_type]``
-    when known; for any other model every linear layer except the output projection
-    (``model.get_output_embeddings()``, the LM head). Embeddings, norms and the LM head are
-    never adapted.
+    The LM head is the module ``model.get_output_embeddings()`` returns (none when the model
+    has no such method). It is never adapted: its weight is usually tied to the input
+    embeddings, so an update merged into it would change the embeddings too.
+
+    ``names`` None: the model's architecture decides: ``KNOWN_TARGETS[model.config.model_type]``
+    when known; for any other model every linear layer except the LM head.
+
+    ``names`` given (an explicit request): every linear layer whose last name component is
+    in ``names``, honoured as asked, except that a request matching the LM head is refused
+    loudly: ``ValueError`` naming the LM head's full name (``["lm_head"]`` alone or among
+    others; never a silent drop). Names matching no linear layer add nothing.
+
+    Embeddings and norms are not linear layers and are never returned.
     """
     ### BEGIN SOLUTION M2.3
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    explicit = names is not None
     if names is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         names = KNOWN_TARGETS.get(model_type)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return [
-        name for name, module in model.named_modules()
-        if is_linear(module) and module is not head
-        and (names is None or name.rsplit(".", 1)[-1] in names)
-    ]
+    targets = []
+    for name, module in model.named_modules():
+        if not is_linear(module) or (names is not None and name.rsplit(".", 1)[-1] not in names):
+            continue
+        if module is head:
+            if explicit:
+                raise ValueError(f"'{name}' is the LM head (output projection), which LoRA "
+                                 "never adapts; remove it from the requested names")
+            continue
+        targets.append(name)
+    return targets
     ### END SOLUTION

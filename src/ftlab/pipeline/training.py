@@ -30,8 +30,13 @@ from ftlab.train.objective import Objective
 
 
 def target_names(model: nn.Module, lora: LoRAConfig) -> list[str]:
-    """Full names of the linear layers that get adapters."""
-    return find_target_modules(model, None if lora.target_modules == "auto" else lora.target_modules)
+    """Full names of the linear layers that get adapters; ``ConfigError`` when the config
+    asks for one LoRA never adapts (the LM head)."""
+    try:
+        return find_target_modules(model, None if lora.target_modules == "auto"
+                                   else lora.target_modules)
+    except ValueError as e:
+        raise ConfigError(f"lora.target_modules: {e}") from None
 
 
 def trainable_model(ref: ModelRef, dtype: str, lora: LoRAConfig, quant: QuantConfig,

@@ -39,6 +39,10 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
     (n = weight.numel()). A last partial block uses its own absmax. Values are scaled by
     multiplying with ``1 / absmax`` (in float32) and mapped with :func:`nearest_code` onto
     :func:`nf4_codebook`. ``block_size`` must be even.
+
+    Odd n: the last byte has no element n for its low nibble. It holds 7, the code of NF4's
+    exact zero level, as if the last block were padded with 0.0 and the padding quantized
+    like any value (what bitsandbytes stores), so the last byte is ``code[n-1] << 4 | 7``.
     """
     if block_size < 2 or block_size % 2:
         raise ValueError(f"block_size must be an even number >= 2, got {block_size}")
