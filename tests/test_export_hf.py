@@ -32,7 +32,8 @@ def tuned(base_model):
 def exported(tuned, tokenizer, tmp_path_factory):
     merged = merge_lora(copy.deepcopy(tuned))
     folder = export_hf(merged, tokenizer, tmp_path_factory.mktemp("hf") / "model",
-                       metrics={"heldout_exact_match": 0.5}, provenance={"steps": 3})
+                       metrics={"heldout_exact_match": 0.5}, provenance={"steps": 3},
+                       baseline={"heldout_exact_match": 0.1})
     return folder
 
 
@@ -54,9 +55,13 @@ def test_export_has_the_files_a_user_expects(exported, tokenizer):
     template = (exported / "chat_template.jinja").read_text() if "chat_template.jinja" in names \
         else json.loads((exported / "tokenizer_config.json").read_text())["chat_template"]
     assert "<|im_start|>" in template
-    card = (exported / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "heldout_exact_match | 0.5" in card
-    assert '"steps": 3' in card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(exported / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+        ("heldout_exact_match", 0.5)]
+    assert "| heldout_exact_match | 0.1 | 0.5 |" in card.text and '"steps": 3' in card.text
 
 
 def test_bf16_export_is_half_the_size(tuned, tokenizer, tmp_path):

@@ -143,3 +143,40 @@ def test_parameter_report_counts_tied_weights_once():
     report = parameter_report(model)
     assert model.config.tie_word_embeddings
     assert sum(n for _, n in report.by_type.values()) == report.total == 4_581_120
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_stacked_adapters_combine_into_one_that_both_peft_loaders_read(arch, tmp_path):
+    """Stage 1 adapts every target (r 4); stage 2 trains on stage 1 merged, with another rank
+    and only some targets. The combined folder over the plain base gives the stacked model
+    in PeftModel.from_pretrained and AutoPeftModelForCausalLM alike."""
+    from peft import AutoPeftModelForCausalLM
+
+    from ftlab.lora import combine_adapters
+
+    base_dir = tmp_path / "base"
+    tiny_model(arch).save_pretrained(base_dir)
+    stacked = tiny_model(arch)
+    targets = find_target_modules(stacked)
+    folders = []
+    for stage, (r, alpha, names) in enumerate([(4, 8.0, targets), (2, 16.0, targets[::2])]):
+        inject_lora(stacked, names, r, alpha)
+        torch.manual_seed(stage + 1)
+        for layer in lora_layers(stacked).values():
+            torch.nn.init.normal_(layer.lora_B, std=0.1)
+        folders.append(save_adapter(stacked, tmp_path / f"stage{stage}"))
+        merge_lora(stacked)
+    want = stacked(IDS).logits
+    out = combine_adapters(folders, tmp_path / "combined", str(base_dir))
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 6 and config["base_model_name_or_path"] == str(base_dir)
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        plain = load_in_peft(AutoModelForCausalLM.from_pretrained(base_dir), out)(IDS).logits
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            auto = AutoPeftModelForCausalLM.from_pretrained(str(out))(IDS).logits
+        only_last = load_in_peft(AutoModelForCausalLM.from_pretrained(base_dir), folders[1])(IDS).logits
+    assert (plain - want).abs().max() <= 1e-5 and (auto - want).abs().max() <= 1e-5
+    assert (only_last - want).abs().max() > 1e-3  # the last stage alone is another model

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from ftlab.cli import main
@@ -38,6 +39,41 @@ def _dpo(backend="ftlab", steps=2, lr=2e-4):
     return {"kind": "dpo", "backend": backend, "data": {"path": PAIRS, "max_length": 96},
             "lora": {"r": 4, "alpha": 8}, "eval": QUICK_EVAL,
             "train": {"max_steps": steps, "batch_size": 4, "eval_every": 2, "lr": lr}}
+
+
+def _peft_logits(adapter: Path, ids):
+    """Logits of an adapter folder as users load it: PeftModel over the base it names, and
+    AutoPeftModelForCausalLM from the folder alone (offline)."""
+    import warnings
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from ftlab.lora import load_in_peft
+
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        plain = load_in_peft(AutoModelForCausalLM.from_pretrained(base), adapter).eval()(ids).logits
+        auto = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).eval()(ids).logits
+    return plain, auto
+
+
+def _trained_model(run: Path, stage: str, before, lora: dict):
+    """The model a stage trained, rebuilt from what it started on (``before``, a ModelRef)
+    and its final training checkpoint's adapter weights, never from its published folder."""
+    from safetensors.torch import load_file
+
+    from ftlab.config import LoRAConfig, QuantConfig
+    from ftlab.pipeline.training import trainable_model
+
+    model = trainable_model(before, "float32", LoRAConfig(**lora), QuantConfig(), 0)
+    last = sorted((run / stage / "train" / "checkpoints").glob("step-*"))[-1]
+    weights = load_file(str(last / "trainable.safetensors"))
+    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    assert not missing, missing
+    model.load_state_dict(weights, strict=False)
+    return model.eval()
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(capsys, tmp_path):
@@ -113,6 +149,27 @@ def test_short_capstone_chain_writes_the_run_folder_and_resumes(tmp_path):
     assert again["reused_stages"] == ["sft", "dpo", "merge", "export"]
     assert again["stages"] == json.loads(json.dumps(stages_out))
 
+    # the export's model card carries the run's measurements beside the base model's
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "export/hf/README.md")
+    assert card.data.base_model == str((data_dir() / "base_model").resolve())
+    exact = stages_out["dpo"]["metrics"]["eval/exact_match"]
+    assert ("eval/exact_match", exact) in [
+        (r.metric_type, r.metric_value) for r in card.data.eval_results]
+    assert "(none recorded)" not in card.text and '"kind": "dpo"' in card.text
+
+    # every stage's adapter folder loads in PEFT as that stage's exact model
+    from ftlab.pipeline import ModelRef
+
+    ids = torch.randint(1, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    before = {"sft": ModelRef("embedded"), "dpo": ModelRef("embedded", (str(run / "sft/adapter"),))}
+    for name in ("sft", "dpo"):
+        with torch.no_grad():
+            want = _trained_model(run, name, before[name], {"r": 4, "alpha": 8})(ids).logits
+        for got in _peft_logits(run / name / "adapter", ids):
+            assert (got - want).abs().max() <= 1e-5, name
+
     stages[1] = _dpo(lr=1e-4)  # dpo changed: dpo and everything after it run again
     changed = run_pipeline(load_config(_config(tmp_path, stages)), progress=False,
                            print_fn=lambda s: None)
@@ -129,7 +186,21 @@ def test_trl_backends_train_the_same_stages(tmp_path):
         assert result["metrics"]["steps"] == (4 if name == "sft" else 2)
         assert Path(result["artifacts"]["adapter"], "adapter_model.safetensors").is_file()
         assert result["curves"]["loss"] and result["curves"]["val_loss"]
-    assert len(summary["stages"]["dpo"]["model"]["adapters"]) == 2
+    # TRL's adapters are published like ours: DPO's folder holds SFT's update too
+    from ftlab.pipeline import ModelRef, load_model
+
+    assert summary["stages"]["dpo"]["model"]["adapters"] == [str(tmp_path / "run/dpo/adapter")]
+    ids = torch.randint(1, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    sft_then_dpo = load_model(ModelRef("embedded", (str(tmp_path / "run/sft/adapter"),)))
+    dpo_config = json.loads((tmp_path / "run/dpo/adapter/adapter_config.json").read_text())
+    assert dpo_config["r"] == 8  # 4 (SFT) + 4 (DPO)
+    for name in ("sft", "dpo"):
+        with torch.no_grad():
+            want = load_model(ModelRef("embedded", (str(tmp_path / "run" / name / "adapter"),)))(ids).logits
+        for got in _peft_logits(tmp_path / "run" / name / "adapter", ids):
+            assert (got - want).abs().max() <= 1e-5, name
+    with torch.no_grad():
+        assert (sft_then_dpo(ids).logits - want).abs().max() > 0  # DPO changed the model
 
 
 def test_seed_override_reaches_every_stage(tmp_path):
@@ -165,6 +236,17 @@ def test_real_model_configs_run_on_a_tiny_model_of_their_architecture(name, arch
     summary = run_pipeline(config, progress=False, print_fn=lambda s: None)
     assert set(summary["stages"]) == {s.name for s in config.stages}
     assert (tmp_path / "run" / "report.md").is_file()
+    from ftlab.pipeline import ModelRef, load_model
+
+    ids = torch.randint(1, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    for stage in (s for s in config.stages if s.kind in ("sft", "dpo")):
+        adapter = tmp_path / "run" / stage.name / "adapter"
+        assert json.loads((adapter / "adapter_config.json").read_text())[
+            "base_model_name_or_path"] == str(folder.resolve())
+        with torch.no_grad():
+            want = load_model(ModelRef(str(folder), (str(adapter),)))(ids).logits
+        for got in _peft_logits(adapter, ids):
+            assert (got - want).abs().max() <= 1e-5, stage.name
 
 
 def test_readme_configs_are_valid():

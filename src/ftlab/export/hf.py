@@ -41,21 +41,30 @@ def _check_exportable(model: nn.Module) -> None:
 
 
 def model_card(base_model: str, metrics: dict[str, float] | None,
-               provenance: dict | None) -> str:
-    """Model card text: YAML front matter (``library_name``, ``base_model``, tags), usage,
-    a metrics table and the provenance as JSON."""
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                     for k, v in (metrics or {}).items())
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-base_model: {base_model}
-tags:
-- ftlab
-- lora
-- merged
----
+               provenance: dict | None, baseline: dict[str, float] | None = None) -> str:
+    """Model card text, built with ``huggingface_hub``'s ``ModelCard``: metadata
+    (``library_name``, ``base_model``, tags, and each metric as a model-index evaluation
+    result), usage, a metrics table (beside the base model's value when ``baseline`` has
+    it) and the provenance as JSON."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    metrics = metrics or {}
+    baseline = baseline or {}
+    results = [EvalResult(task_type="text-generation", dataset_type="ftlab-evaluation",
+                          dataset_name="ftlab evaluation sets", metric_type=name,
+                          metric_value=value)
+               for name, value in metrics.items() if isinstance(value, int | float)]
+    data = ModelCardData(base_model=base_model, library_name="transformers",
+                         pipeline_tag="text-generation", tags=["ftlab", "lora", "merged"],
+                         model_name=f"{Path(base_model).name} fine-tuned with ftlab",
+                         eval_results=results or None)
+
+    def value(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    rows = "\n".join(f"| {k} | {value(baseline[k]) if k in baseline else ''} | {value(v)} |"
+                     for k, v in metrics.items())
+    body = f"""
 # Fine-tuned from {base_model} with ftlab
 
 LoRA adapters merged into the base weights in float32. Chat format: ChatML; every reply ends
@@ -70,9 +79,9 @@ print(chat([{{"role": "user", "content": "What is the capital of France?"}}],
 
 ## Metrics
 
-| metric | value |
-|---|---|
-{rows or "| (none recorded) | |"}
+| metric | base model | this model |
+|---|---|---|
+{rows or "| (none recorded) | | |"}
 
 ## Provenance
 
@@ -81,15 +90,18 @@ print(chat([{{"role": "user", "content": "What is the capital of France?"}}],
              **(provenance or {})}, indent=2, default=str)}
 ```
 """
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
 def export_hf(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path | str, *,
               base_model: str = "ftlab embedded base model", dtype: str = "float32",
-              metrics: dict[str, float] | None = None, provenance: dict | None = None) -> Path:
+              metrics: dict[str, float] | None = None, provenance: dict | None = None,
+              baseline: dict[str, float] | None = None) -> Path:
     """Write a merged ``model`` and its ``tokenizer`` as a transformers folder.
 
     ``dtype``: the stored weight dtype (``float32``, ``bfloat16`` or ``float16``); the model
-    passed in is not changed (a copy is cast). Raises :class:`ArtifactError` for a model
+    passed in is not changed (a copy is cast). ``metrics`` (and the base model's
+    ``baseline`` values of the same names) go into the model card. Raises :class:`ArtifactError` for a model
     with adapters (merge first) or one that is not a transformers model.
     """
     _check_exportable(model)
@@ -109,7 +121,7 @@ def export_hf(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path
         bos_token_id=getattr(model.config, "bos_token_id", None), do_sample=False)
     out.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(base_model, metrics, provenance))
+    (folder / "README.md").write_text(model_card(base_model, metrics, provenance, baseline))
     return folder
 
 

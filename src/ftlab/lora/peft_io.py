@@ -50,12 +50,9 @@ def save_adapter(model: nn.Module, folder: Path, base_model_name_or_path: str | 
     return folder
 
 
-def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
-    """Inject adapters into ``model`` as described by a PEFT folder and load their weights.
-
-    Works for folders written by :func:`save_adapter` or by PEFT (LoRA, no DoRA, rsLoRA or
-    rank/alpha patterns). Every adapter tensor must be used and every adapter filled.
-    """
+def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of a plain-LoRA PEFT folder; ``ArtifactError`` for anything else
+    (unreadable, DoRA, rsLoRA, rank or alpha patterns)."""
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text())
@@ -67,6 +64,17 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
             config.get("alpha_pattern"):
         raise ArtifactError(f"{folder / CONFIG}: only plain LoRA adapters are supported "
                             f"(peft_type {config.get('peft_type')}, {unsupported})")
+    return config, tensors
+
+
+def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
+    """Inject adapters into ``model`` as described by a PEFT folder and load their weights.
+
+    Works for folders written by :func:`save_adapter` or by PEFT (LoRA, no DoRA, rsLoRA or
+    rank/alpha patterns). Every adapter tensor must be used and every adapter filled.
+    """
+    folder = Path(folder)
+    config, tensors = read_adapter(folder)
     names = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors})
     inject_lora(model, names, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0))
     for name, layer in lora_layers(model).items():
@@ -76,6 +84,49 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     if tensors:
         raise ArtifactError(f"{folder / WEIGHTS}: unused tensors {sorted(tensors)[:3]}")
     return model
+
+
+def combine_adapters(folders: list[Path], out: Path, base_model_name_or_path: str) -> Path:
+    """Write one PEFT folder whose update equals the stacked updates of ``folders``.
+
+    Adapters trained one after another (each on the model with the earlier ones merged)
+    add up: ``W + s_1 B_1 A_1 + s_2 B_2 A_2 + …``. Per module the combined adapter has
+    ``A = [A_1; A_2; …]`` (rows) and ``B = [s_1 B_1 | s_2 B_2 | …]`` (columns), rank the
+    sum of the ranks and ``lora_alpha`` equal to that rank, so PEFT's scaling is 1 and
+    ``B A`` is exactly the sum (float32 rounding aside). A module one adapter leaves out gets
+    zero rows and columns there. All folders must adapt the same base (same
+    ``fan_in_fan_out``). ``base_model_name_or_path`` is written as given: make it resolvable
+    (an absolute folder or a Hub id), since PEFT's loaders look it up.
+    """
+    if not folders:
+        raise ValueError("combine_adapters needs at least one adapter folder")
+    read = [read_adapter(f) for f in folders]
+    dims: dict[str, tuple[int, int]] = {}  # module -> (in_features, out_features)
+    for _, tensors in read:
+        for key, t in tensors.items():
+            name, part = key[len(PREFIX):].rsplit(".lora_", 1)
+            old = dims.get(name, (0, 0))
+            dims[name] = (t.shape[1], old[1]) if part.startswith("A") else (old[0], t.shape[0])
+    combined: dict[str, torch.Tensor] = {}
+    for name, (n_in, n_out) in sorted(dims.items()):
+        a_parts, b_parts = [], []
+        for config, tensors in read:
+            r, scaling = config["r"], config["lora_alpha"] / config["r"]
+            a_parts.append(tensors.get(f"{PREFIX}{name}.lora_A.weight", torch.zeros(r, n_in)).float())
+            b = tensors.get(f"{PREFIX}{name}.lora_B.weight", torch.zeros(n_out, r)).float()
+            b_parts.append(b * scaling)
+        combined[f"{PREFIX}{name}.lora_A.weight"] = torch.cat(a_parts, 0).contiguous()
+        combined[f"{PREFIX}{name}.lora_B.weight"] = torch.cat(b_parts, 1).contiguous()
+    names = sorted(dims)
+    rank = sum(config["r"] for config, _ in read)
+    config = {**read[-1][0], "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+              "target_modules": names,  # full names: exactly these modules, none more
+              "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(combined, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out
 
 
 PEFT_NOTICE = r"`is_gradient_checkpointing` is deprecated"

@@ -24,13 +24,16 @@ EMBEDDED = "embedded"
 @dataclass(frozen=True)
 class ModelRef:
     """A model: ``path`` (a HF model folder, ``embedded`` or a cached Hub id) with the PEFT
-    adapter folders in ``adapters`` merged on top, in order."""
+    adapter folders in ``adapters`` merged on top, in order. Training stages hand on one
+    adapter each: their published folder already combines every earlier stage's update."""
 
     path: str
     adapters: tuple[str, ...] = ()
 
     def with_adapter(self, folder: Path) -> ModelRef:
-        return ModelRef(self.path, (*self.adapters, str(folder)))
+        """This base with ``folder``, an adapter that includes every earlier one (see
+        :func:`ftlab.pipeline.training.publish_adapter`), in place of the earlier ones."""
+        return ModelRef(self.path, (str(folder),))
 
     def to_json(self) -> dict:
         return {"path": self.path, "adapters": list(self.adapters)}
@@ -97,7 +100,9 @@ class StageResult:
 @dataclass
 class StageContext:
     """Everything a stage's ``run`` gets: the whole run config, its own config, its folder,
-    the model it starts from, the tokenizer, and whether to show progress bars."""
+    the model it starts from, the tokenizer, whether to show progress bars, the results of
+    the stages before it (``earlier``, in run order) and the base model's measurements
+    (``baseline``)."""
 
     run: PipelineConfig
     stage: StageConfig
@@ -105,3 +110,5 @@ class StageContext:
     model: ModelRef
     tokenizer: PreTrainedTokenizerBase
     progress: bool = True
+    earlier: dict[str, StageResult] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)

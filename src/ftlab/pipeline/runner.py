@@ -209,8 +209,10 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
         print_fn(f"stage {stage.name}: {stage.stage.describe()}")
         folder = stage_folder(run_dir / stage.name, stage.fingerprint, model)
         began = time.perf_counter()
+        earlier = {p.name: StageResult.from_json(state["stages"][p.name]["result"])
+                   for p in planned[:planned.index(stage)] if p.name in state["stages"]}
         result = stage.stage.run(StageContext(config, stage.config, folder, model, tokenizer,
-                                              progress))
+                                              progress, earlier, state["baseline"]["metrics"]))
         result.metrics["seconds"] = time.perf_counter() - began
         return result
 

@@ -23,8 +23,9 @@ from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import ModelRef, StageContext, StageResult, load_model
 from ftlab.pipeline.measure import file_size_mb, heldout_pairs, measure
 from ftlab.pipeline.registry import Stage, register_stage
-from ftlab.pipeline.training import (save_trained_adapter, stage_train_config, target_names,
-                                     train_ftlab, trainable_model, training_curves)
+from ftlab.pipeline.training import (publish_adapter, resolvable_base, save_trained_adapter,
+                                     stage_train_config, target_names, train_ftlab,
+                                     trainable_model, training_curves)
 from ftlab.train.objective import SFTObjective
 
 VERIFY_QUESTIONS = 8
@@ -99,12 +100,13 @@ class SFTStage(_TrainingStage):
             model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
             figures = train_ftlab(model, data.train, data.validation, train, ctx.folder, pad_id,
                                   data_cfg.max_length, SFTObjective(), ctx.progress)
-            save_trained_adapter(model, ctx.folder, ctx.run.model.name_or_path)
+            save_trained_adapter(model, ctx.folder, ctx.model)
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
             figures = trl_backend.train_sft(model, ctx.tokenizer, data.train, data.validation,
                                             train, lora, target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
+            publish_adapter(ctx.model, ctx.folder / "adapter", ctx.folder / "adapter")
         figures |= {"train_examples": len(data.train), "replay_examples": data.replayed}
         return _measured(ctx, ctx.model.with_adapter(ctx.folder / "adapter"), figures,
                          training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter")})
@@ -137,7 +139,7 @@ class DPOStage(_TrainingStage):
             figures = train_ftlab(model, train_pairs, val_pairs, train, ctx.folder, pad_id,
                                   data_cfg.max_length, DPOObjective(dpo.beta, dpo.sft_weight),
                                   ctx.progress)
-            save_trained_adapter(model, ctx.folder, ctx.run.model.name_or_path)
+            save_trained_adapter(model, ctx.folder, ctx.model)
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
             reference = pair_logprobs(model, held, pad_id)
@@ -149,6 +151,7 @@ class DPOStage(_TrainingStage):
                                             records(pairs.validation_pairs), train, lora, dpo,
                                             target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
+            publish_adapter(ctx.model, ctx.folder / "adapter", ctx.folder / "adapter")
         new = ctx.model.with_adapter(ctx.folder / "adapter")
         policy = pair_logprobs(load_model(new), held, pad_id)
         figures |= _reward_figures(policy, reference, held, dpo.beta)
@@ -193,6 +196,25 @@ class MergeStage(Stage):
                             "merged_size_mb": file_size_mb(folder)}, {"merged": str(folder)})
 
 
+def _last_measurements(ctx: StageContext) -> dict[str, float]:
+    """The ``eval/`` figures of the newest earlier stage that measured its model (the model
+    a merge and export hand on unchanged)."""
+    for result in reversed(list(ctx.earlier.values())):
+        figures = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
+        if figures:
+            return figures
+    return {}
+
+
+def _provenance(ctx: StageContext) -> dict:
+    """What made the exported model: the base, and each earlier stage's kind and figures
+    that are not measurements (steps, losses, merge check)."""
+    return {"base_model": ctx.run.model.name_or_path, "seed": ctx.run.seed,
+            "stages": {name: {"kind": next(s.kind for s in ctx.run.stages if s.name == name),
+                              **{k: v for k, v in r.metrics.items() if not k.startswith("eval/")}}
+                       for name, r in ctx.earlier.items()}}
+
+
 @register_stage
 class ExportStage(Stage):
     """Write the merged model as a transformers folder and GGUF files, each verified."""
@@ -220,8 +242,12 @@ class ExportStage(Stage):
         questions = [q for _, q in question_items(data_dir(), "heldout_chat")[:VERIFY_QUESTIONS]]
         figures, artifacts = {}, {}
         if "hf" in export.formats:
+            measured = _last_measurements(ctx)
             folder = export_hf(model, ctx.tokenizer, ctx.folder / "hf",
-                               base_model=ctx.run.model.name_or_path)
+                               base_model=resolvable_base(ctx.run.model.name_or_path),
+                               metrics=measured, provenance=_provenance(ctx),
+                               baseline={k: ctx.baseline[k[len("eval/"):]] for k in measured
+                                         if k[len("eval/"):] in ctx.baseline})
             check = verify_hf_export(folder, model, ctx.tokenizer, questions)
             figures |= {"hf/max_logit_diff": check.max_logit_diff,
                         "hf/same_replies": float(check.same_replies),

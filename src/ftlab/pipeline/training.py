@@ -8,12 +8,15 @@ Two backends per objective, same data, same adapters:
   tokenized examples; the adapter is saved in PEFT format and read back by
   :func:`ftlab.lora.load_adapter`.
 
-Either way the stage ends with a PEFT adapter folder and the metrics log of its run.
+Either way the stage ends with a PEFT adapter folder and the metrics log of its run. The
+folder (:func:`publish_adapter`) is the stage's whole model over the run's base: earlier
+stages' adapters are combined into it, and it names a base PEFT's loaders can find.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,8 +25,10 @@ from torch import nn
 
 from ftlab.config import LoRAConfig, QuantConfig, StageConfig, TrainConfig
 from ftlab.errors import ConfigError
-from ftlab.lora import find_target_modules, inject_lora, save_adapter
-from ftlab.pipeline.context import ModelRef, load_model
+from ftlab.lora import combine_adapters, find_target_modules, inject_lora, save_adapter
+from ftlab.lora.peft_io import CONFIG
+from ftlab.paths import base_model_dir
+from ftlab.pipeline.context import EMBEDDED, ModelRef, load_model
 from ftlab.quant import quantize_model
 from ftlab.train import Trainer, seed_everything
 from ftlab.train.objective import Objective
@@ -87,9 +92,46 @@ def training_curves(folder: Path) -> dict[str, list[list[float]]]:
             "val_loss": [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]}
 
 
-def save_trained_adapter(model: nn.Module, folder: Path, base: str) -> Path:
-    """Write the stage's adapter as a PEFT folder ``folder/adapter``."""
-    return save_adapter(model, folder / "adapter", base_model_name_or_path=base)
+def resolvable_base(path: str) -> str:
+    """The name PEFT's loaders can resolve for a model path: ``embedded`` -> the absolute
+    folder of the embedded base model, a folder -> its absolute path, a Hub id unchanged."""
+    if path == EMBEDDED:
+        return str(base_model_dir().resolve())
+    return str(Path(path).resolve()) if Path(path).is_dir() else path
+
+
+def publish_adapter(ref: ModelRef, own: Path, out: Path) -> Path:
+    """Write ``out``: the adapter a stage trained on ``ref`` (the PEFT folder ``own``) as a
+    folder that stands for the stage's whole model over ``ref.path``.
+
+    Earlier adapters of ``ref`` (the stage trained on the model with them merged) are
+    combined with ``own`` into one adapter whose update is their sum
+    (:func:`ftlab.lora.combine_adapters`), so ``PeftModel.from_pretrained(base, out)`` and
+    ``AutoPeftModelForCausalLM.from_pretrained(out)`` give the stage's model — not the
+    stage's update alone on the plain base. ``base_model_name_or_path`` is
+    :func:`resolvable_base` of ``ref.path``. ``own`` may be ``out`` (replaced in place).
+    """
+    base = resolvable_base(ref.path)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / "adapter"
+        if ref.adapters:
+            combine_adapters([Path(a) for a in ref.adapters] + [own], staged, base)
+        else:
+            shutil.copytree(own, staged)
+            config = json.loads((staged / CONFIG).read_text())
+            (staged / CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": base},
+                                                    indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    return out
+
+
+def save_trained_adapter(model: nn.Module, folder: Path, ref: ModelRef) -> Path:
+    """Write the stage's adapter as ``folder/adapter`` (see :func:`publish_adapter`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        own = save_adapter(model, Path(tmp) / "own")
+        return publish_adapter(ref, own, folder / "adapter")
 
 
 def stage_train_config(stage: StageConfig) -> TrainConfig:
