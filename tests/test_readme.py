@@ -39,3 +39,7 @@ def test_base_model_numbers_match_provenance():
     assert f"{prov['cloze_accuracy_heldout']:.1%}" in table
     assert f"{prov['chat_exact_match_heldout']:.1%}" in table
     assert f"{prov['parameters']:,}" in table
+    for key in ("chat_exact_match_heldout_by_kind", "cloze_accuracy_heldout_by_kind"):
+        rates = prov[key]
+        kinds = " / ".join(f"{rates[k]:.1%}"[:-1] for k in sorted(k for k in rates if k != "macro"))
+        assert f"{kinds}% (macro {rates['macro']:.1%})" in table, key

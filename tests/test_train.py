@@ -323,3 +323,26 @@ def test_trains_a_qlora_model_without_touching_the_4bit_weights(tmp_path):
     assert packed
     _loss_falls(tmp_path, model.train())
     assert all(torch.equal(b, packed[n]) for n, b in model.named_buffers() if n in packed)
+
+
+def test_steps_count_trained_tokens_per_source_and_curves_split_them(tmp_path):
+    """Examples tagged with a ``source`` (general-text replay) are counted per step; over an
+    epoch the counts add up to the tagged examples' trained tokens, and the pipeline's curves
+    put the pure replay steps and pure task steps apart."""
+    from ftlab.pipeline.training import training_curves
+
+    task = tiny_examples(40, seed=3, lengths=(5, 12))
+    replay = [{**e, "labels": list(e["input_ids"]), "source": "replay"}
+              for e in tiny_examples(40, seed=4, lengths=(40, 48))]
+    _, trainer, _ = _fit(tmp_path / "train", task + replay, max_steps=20, batch_size=4)
+    steps = [r for r in read_metrics(tmp_path / "train" / "metrics.jsonl") if r["kind"] == "step"]
+    assert sum(r.get("targets/replay", 0) for r in steps) == sum(len(e["labels"]) - 1 for e in replay)
+    assert all(r.get("targets/replay", 0) <= r["targets"] for r in steps)
+    curves = training_curves(tmp_path)
+    replay_steps = {s for s, _ in curves["loss/replay"]}
+    task_steps = {s for s, _ in curves["loss/task"]}
+    assert replay_steps and task_steps and not replay_steps & task_steps
+    assert all(r.get("targets/replay", 0) >= 0.9 * r["targets"] for r in steps
+               if r["step"] in replay_steps)
+    assert all(r.get("targets/replay", 0) <= 0.1 * r["targets"] for r in steps
+               if r["step"] in task_steps)

@@ -15,6 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from ftlab.errors import DataError
 
+REPLAY_SOURCE = "replay"
+"""The ``source`` of replay examples (examples without one are the task's own)."""
+
 
 def replay_count(train_examples: int, fraction: float) -> int:
     """How many replay examples make ``fraction`` of a training set that has
@@ -30,8 +33,9 @@ def replay_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase, count:
     Each block starts at a line drawn with ``random.Random(f"replay:{seed}")`` and continues
     through the following lines (wrapping round), each preceded by ``separator`` (the
     tokenizer's document separator ``<|endoftext|>`` when it has one, else its EOS token), the
-    way the embedded model was pretrained. Output ``{"input_ids", "labels"}`` with equal
-    lists (labels = ids). Raises DataError for a missing or empty file.
+    way the embedded model was pretrained. Output ``{"input_ids", "labels", "source"}`` with
+    equal lists (labels = ids) and ``source`` = ``"replay"`` (the Trainer logs how many of a
+    step's trained tokens come from each source, so the report plots them apart). Raises DataError for a missing or empty file.
     """
     if count == 0:
         return []
@@ -55,5 +59,6 @@ def replay_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase, count:
                 break
             ids += [sep, *tokenizer(lines[line], add_special_tokens=False).input_ids]
             line = (line + 1) % len(lines)
-        examples.append({"input_ids": ids[:max_length], "labels": ids[:max_length]})
+        examples.append({"input_ids": ids[:max_length], "labels": ids[:max_length],
+                         "source": REPLAY_SOURCE})
     return examples

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, LlamaForCausalLM
 
 from ftlab.models.architecture import ArchitectureConfig, llama_config
 from ftlab.models.measure import (
-    chat_exact_match, cloze_accuracy, corpus_loss, pack_documents, perplexity,
+    chat_exact_match, cloze_correct, corpus_loss, pack_documents, perplexity, rates_by_kind,
 )
 from ftlab.models.pretrain import PretrainRecipe, pretrain
 from ftlab.models.provenance import PROVENANCE_FILE, file_hashes, sha256_file
@@ -73,13 +73,25 @@ def measure(model, tokenizer, data: Path, seq_len: int) -> dict:
     loss = measure_validation_loss(model, tokenizer, data, seq_len)
     items = eval_items(data)
     chat = chat_exact_match(model, tokenizer, items["chat_heldout"])
+    cloze = cloze_correct(model, tokenizer, items["cloze_heldout"])
     return {
         "validation_loss": loss,
         "validation_perplexity": perplexity(loss),
-        "cloze_accuracy_heldout": cloze_accuracy(model, tokenizer, items["cloze_heldout"]),
+        "cloze_accuracy_heldout": sum(cloze) / len(cloze),
         "chat_exact_match_heldout": chat.exact_match,
         "chat_ends_at_end_of_turn": chat.ends_at_end_of_turn,
+        **by_kind_figures(items, chat.correct, cloze),
     }
+
+
+def by_kind_figures(items: dict[str, list[tuple[Fact, str]]], chat: list[bool],
+                    cloze: list[bool]) -> dict[str, dict[str, float]]:
+    """Held-out chat exact match and cloze accuracy per fact kind (with ``macro``), as the
+    provenance records them."""
+    return {"cloze_accuracy_heldout_by_kind":
+            rates_by_kind([f for f, _ in items["cloze_heldout"]], cloze),
+            "chat_exact_match_heldout_by_kind":
+            rates_by_kind([f for f, _ in items["chat_heldout"]], chat)}
 
 
 def build_base_model(

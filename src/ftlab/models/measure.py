@@ -112,18 +112,29 @@ class ChatScore:
     exact_match: float
     ends_at_end_of_turn: float
     responses: list[str]
+    correct: list[bool]
 
 
-def cloze_accuracy(
+def cloze_correct(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[tuple[Fact, str]]
-) -> float:
-    """Share of (fact, prompt) pairs whose greedy plain-text continuation states the answer.
+) -> list[bool]:
+    """Per (fact, prompt) pair: does the greedy plain-text continuation state the answer?
 
     The continuation is cut at its first sentence end and judged by
     :func:`ftlab.world.check_answer`.
     """
     outs = greedy_complete(model, tokenizer, [plain_prompt(p) for _, p in items], max_new_tokens=8)
-    return sum(check_answer(f, first_sentence(o)) for (f, _), o in zip(items, outs)) / len(items)
+    return [check_answer(f, first_sentence(o)) for (f, _), o in zip(items, outs)]
+
+
+def rates_by_kind(facts: list[Fact], flags: list[bool]) -> dict[str, float]:
+    """Share of true ``flags`` per fact kind (sorted by kind), plus ``macro``: the unweighted
+    mean over kinds, so a kind with many questions (capitals) does not dominate."""
+    kinds: dict[str, list[bool]] = {}
+    for fact, flag in zip(facts, flags):
+        kinds.setdefault(fact.kind, []).append(bool(flag))
+    rates = {kind: sum(v) / len(v) for kind, v in sorted(kinds.items())}
+    return {**rates, "macro": sum(rates.values()) / len(rates)} if rates else {}
 
 
 def chat_exact_match(
@@ -133,9 +144,9 @@ def chat_exact_match(
     prompts = [chat_prompt(tokenizer, q) for _, q in items]
     outs = greedy_complete(model, tokenizer, prompts, max_new_tokens=32)
     replies = [chat_reply(o) for o in outs]
-    correct = sum(check_answer(f, r) for (f, _), r in zip(items, replies))
+    correct = [check_answer(f, r) for (f, _), r in zip(items, replies)]
     ended = sum(IM_END in o for o in outs)
-    return ChatScore(correct / len(items), ended / len(items), replies)
+    return ChatScore(sum(correct) / len(items), ended / len(items), replies, correct)
 
 
 def perplexity(loss: float) -> float:

@@ -51,6 +51,8 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
     summary = run_pipeline(config, progress=progress)
     print()
     print(summary["summary_table"])
+    print()
+    print(summary["kinds_table"])
     reused = summary["reused_stages"]
     print(f"\n{'reused: ' + ', '.join(reused) + '; ' if reused else ''}"
           f"finished in {summary['seconds_this_run']:.0f} s; report: {Path(config.run_dir) / 'report.md'}")

@@ -17,7 +17,8 @@ from ftlab.align.preferences import load_pairs, tokenize_pair
 from ftlab.config import EvalConfig
 from ftlab.evaluate.report import general_perplexity
 from ftlab.evaluate.tasks import evaluate_questions
-from ftlab.models.build import question_items
+from ftlab.models.build import eval_items, question_items
+from ftlab.models.measure import cloze_correct, rates_by_kind
 from ftlab.paths import data_dir
 
 SAMPLE_KINDS = ("capital", "legs", "sum", "day_after")
@@ -42,22 +43,31 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     """(figures, sample replies) of ``model`` (eval mode, no gradients).
 
     Figures: ``exact_match``, ``polite``, ``ended`` (shares of held-out questions),
-    ``exact_match/<kind>``, ``general_ppl`` and ``preference_accuracy`` (share of held-out
-    style pairs whose chosen reply is likelier than the rejected one).
+    ``exact_match/<kind>`` and ``exact_match/macro`` (the mean over kinds), ``cloze/<kind>``
+    and ``cloze/macro`` (plain-form completion of the held-out facts), ``general_ppl`` and
+    ``preference_accuracy`` (share of held-out style pairs whose chosen reply is likelier
+    than the rejected one). Samples: ``{question, reply, kind, correct}`` for the first
+    question of each kind in :data:`SAMPLE_KINDS`.
     """
     model.eval()
     items = [item for name in config.sets for item in question_items(data_dir(), name)]
     result = evaluate_questions(model, tokenizer, items, config.max_new_tokens, config.batch_size)
     figures = {"exact_match": result.rate("correct"), "polite": result.rate("polite"),
                "ended": result.rate("ended"), "general_ppl": general_perplexity(model, tokenizer)}
-    figures |= {f"exact_match/{kind}": result.rate("correct", kind) for kind in result.kinds}
+    figures |= {f"exact_match/{kind}": rate
+                for kind, rate in rates_by_kind(result.facts, result.correct).items()}
+    cloze = eval_items(data_dir())["cloze_heldout"]
+    figures |= {f"cloze/{kind}": rate for kind, rate in
+                rates_by_kind([f for f, _ in cloze], cloze_correct(model, tokenizer, cloze)).items()}
     style = [p for p in pairs if p["pair_type"] == "style"]
     if style:
         chosen, rejected = pair_logprobs(model, style, tokenizer.pad_token_id)
         figures["preference_accuracy"] = float((chosen > rejected).double().mean())
     first = {}
-    for fact, question, reply in zip(result.facts, result.questions, result.replies):
-        first.setdefault(fact.kind, {"question": question, "reply": reply})
+    for fact, question, reply, right in zip(result.facts, result.questions, result.replies,
+                                            result.correct):
+        first.setdefault(fact.kind, {"question": question, "reply": reply, "kind": fact.kind,
+                                     "correct": bool(right)})
     samples = [first[kind] for kind in SAMPLE_KINDS if kind in first]
     return figures, samples
 

@@ -1,8 +1,11 @@
 """The run report (given): ``report.md``, ``metrics.json`` and plots, after every stage.
 
 The summary table has one row per measured model — the base, then each stage that trains
-or evaluates — with held-out exact match, preferred style, stopping at end-of-turn,
-general-text perplexity (and its ratio to the base: forgetting) and preference accuracy.
+or evaluates — with held-out exact match (over all questions and macro-averaged over fact
+kinds, since capitals are 72 of 162 questions), plain-form (cloze) accuracy of the same facts,
+preferred style, stopping at end-of-turn, general-text perplexity (and its ratio to the base:
+forgetting) and preference accuracy. The per-kind table puts chat exact match beside cloze
+for every kind: what the model knows against what it can say in chat.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ftlab.config import PipelineConfig  # noqa: E402
 
-COLUMNS = [("exact_match", "exact match", "{:.1%}"), ("polite", "polite", "{:.1%}"),
+COLUMNS = [("exact_match", "exact match", "{:.1%}"),
+           ("exact_match/macro", "exact match, macro over kinds", "{:.1%}"),
+           ("cloze/macro", "cloze, macro", "{:.1%}"), ("polite", "polite", "{:.1%}"),
            ("ended", "ends at end-of-turn", "{:.1%}"), ("general_ppl", "general ppl", "{:.2f}"),
            ("preference_accuracy", "prefers chosen", "{:.1%}")]
 """Measured figures shown for every row: (key, header, format)."""
@@ -48,6 +53,44 @@ def summary_table(state: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def kinds_table(state: dict, names: list[str]) -> str:
+    """Markdown table: one row per fact kind (and the macro average), one column per measured
+    model, each cell ``chat exact match / cloze``."""
+    rows = measured_rows(state, names)
+    kinds = sorted({k.split("/", 1)[1] for _, figures in rows for k in figures
+                    if k.startswith("exact_match/") and k != "exact_match/macro"})
+    if not kinds:
+        return ""
+
+    def cell(figures: dict, kind: str) -> str:
+        chat, cloze = figures.get(f"exact_match/{kind}"), figures.get(f"cloze/{kind}")
+        return " / ".join("—" if v is None else f"{v:.0%}" for v in (chat, cloze))
+
+    lines = ["| fact kind (chat / cloze) | " + " | ".join(n for n, _ in rows) + " |",
+             "|---" + "|---:" * len(rows) + "|"]
+    for kind in [*kinds, "macro"]:
+        label = "**macro**" if kind == "macro" else kind
+        lines.append(f"| {label} | " + " | ".join(cell(f, kind) for _, f in rows) + " |")
+    return "\n".join(lines)
+
+
+def _kind_line(metrics: dict) -> str:
+    """``exact match per kind: capital 100%, legs 96%, … (macro 60%)`` from a stage's figures."""
+    per = {k.split("/", 2)[2]: v for k, v in metrics.items()
+           if k.startswith("eval/exact_match/") and not k.endswith("/macro")}
+    if not per:
+        return ""
+    macro = metrics.get("eval/exact_match/macro")
+    return ("Held-out exact match per kind: " + ", ".join(f"{k} {v:.0%}" for k, v in per.items())
+            + (f" (macro {macro:.0%})" if macro is not None else ""))
+
+
+def _sample_line(sample: dict) -> str:
+    mark = {True: "right", False: "wrong"}.get(sample.get("correct"), "")
+    where = f" [{sample['kind']}: {mark}]" if "kind" in sample else ""
+    return f"- *{sample['question']}* → {sample['reply']!r}{where}"
+
+
 def _stage_lines(name: str, kind: str, record: dict | None) -> list[str]:
     """A report section for one stage: its figures, files and sample replies."""
     if record is None:
@@ -60,26 +103,50 @@ def _stage_lines(name: str, kind: str, record: dict | None) -> list[str]:
         lines += [f"| {k} | {v:.4g} |" for k, v in figures.items()]
         lines.append("")
     lines += [f"- {k}: `{v}`" for k, v in result["artifacts"].items()]
+    per_kind = _kind_line(result["metrics"])
+    if per_kind:
+        lines += ["", per_kind]
     if result["samples"]:
-        lines += ["", "Sample replies (held-out questions):", ""]
-        lines += [f"- *{s['question']}* → {s['reply']!r}" for s in result["samples"]]
+        lines += ["", "Sample replies (held-out questions; one per kind):", ""]
+        lines += [_sample_line(s) for s in result["samples"]]
     return [*lines, ""]
 
 
+def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (``weight`` on the past), debiased for the first points."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
 def plot_losses(state: dict, names: list[str], path: Path) -> None:
-    """Training loss (and validation loss) of each training stage, side by side."""
+    """Training loss (and validation loss) of each training stage, side by side; a stage with
+    replay shows its task-data steps and replay steps as two smoothed curves."""
     curves = [(n, state["stages"][n]["result"]["curves"]) for n in names
               if n in state["stages"] and state["stages"][n]["result"]["curves"]]
     if not curves:
         return
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves):
-        for key, style in (("loss", "-"), ("val_loss", "o-")):
+        split = curve.get("loss/task") or curve.get("loss/replay")
+        series = ([("loss/task", "task-data steps"), ("loss/replay", "replay steps")] if split
+                  else [("loss", "loss")])
+        for key, label in series:
             if curve.get(key):
                 steps, values = zip(*curve[key])
-                ax.plot(steps, values, style, label=key, markersize=3)
+                if split:
+                    ax.plot(steps, values, lw=0.6, alpha=0.3)
+                    ax.plot(steps, smoothed(values), color=ax.lines[-1].get_color(),
+                            label=f"{label} (smoothed)")
+                else:
+                    ax.plot(steps, values, "-", label=label)
+        if curve.get("val_loss"):
+            steps, values = zip(*curve["val_loss"])
+            ax.plot(steps, values, "o-", label="validation (task data)", markersize=3)
         ax.set(title=f"{name}: loss", xlabel="step")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -122,21 +189,26 @@ def write_report(run_dir: Path, config: PipelineConfig, state: dict, planned: li
     plot_measurements(state, names, plots / "measurements.png")
     summary = {"baseline": state.get("baseline"),
                "stages": {n: state["stages"][n]["result"] for n in names if n in state["stages"]},
-               "summary_table": summary_table(state, names)}
+               "summary_table": summary_table(state, names),
+               "kinds_table": kinds_table(state, names)}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# ftlab run report — {run_dir.name}", "",
              f"Base model: `{config.model.name_or_path}`, seed {config.seed}. "
              f"Stages: {' → '.join(f'{p.name} ({p.config.kind})' for p in planned)}.", "",
              "## Summary", "", summary["summary_table"], "",
-             "Held-out questions are about facts no SFT example mentions; *polite* is the "
-             "preferred style of the preference data; *general ppl* is perplexity on held-out "
-             "pretraining text (forgetting: the ratio to the base).", "",
+             "Held-out questions are about facts no SFT example mentions; capitals are most "
+             "of them, so *macro* averages the six fact kinds with equal weight. *Cloze* asks "
+             "the same facts in plain form (\"The capital of France is\"): what the model "
+             "knows, beside what it can say in chat. *Polite* is the preferred style of the "
+             "preference data; *general ppl* is perplexity on held-out pretraining text "
+             "(forgetting: the ratio to the base).", "",
+             summary["kinds_table"], "",
              "![losses](plots/losses.png)", "", "![measurements](plots/measurements.png)", "",
              "## Stages", ""]
     for p in planned:
         lines += _stage_lines(p.name, p.config.kind, state["stages"].get(p.name))
     if state.get("baseline"):
         lines += ["## Base model sample replies", ""]
-        lines += [f"- *{s['question']}* → {s['reply']!r}" for s in state["baseline"]["samples"]]
+        lines += [_sample_line(s) for s in state["baseline"]["samples"]]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     return summary

@@ -84,12 +84,31 @@ def train_ftlab(model: nn.Module, train: list[dict], validation: list[dict],
             **({"best_val_loss": result.best_val_loss} if result.best_val_loss is not None else {})}
 
 
+PURE_SHARE = 0.9
+"""A step counts as a replay step (or a task step) when at least this share of its trained
+tokens comes from replay (or from the task data)."""
+
+
 def training_curves(folder: Path) -> dict[str, list[list[float]]]:
-    """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log."""
+    """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log.
+
+    When the stage replays general text (steps log ``targets/replay``), also
+    ``loss/task`` and ``loss/replay``: the losses of steps whose trained tokens are at least
+    :data:`PURE_SHARE` task data or replay text (length grouping makes most steps one or the
+    other), so the two sources' losses can be plotted apart instead of as one zigzag.
+    """
     path = folder / "train" / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {"loss": [[r["step"], r["loss"]] for r in records if r["kind"] == "step"],
-            "val_loss": [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]}
+    steps = [r for r in records if r["kind"] == "step"]
+    curves = {"loss": [[r["step"], r["loss"]] for r in steps],
+              "val_loss": [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]}
+    if any("targets/replay" in r for r in steps):
+        share = {r["step"]: r.get("targets/replay", 0) / max(r["targets"], 1) for r in steps}
+        curves["loss/task"] = [[r["step"], r["loss"]] for r in steps
+                               if share[r["step"]] <= 1 - PURE_SHARE]
+        curves["loss/replay"] = [[r["step"], r["loss"]] for r in steps
+                                 if share[r["step"]] >= PURE_SHARE]
+    return curves
 
 
 def resolvable_base(path: str) -> str:

@@ -99,6 +99,7 @@ class BatchLoader:
         self.packing, self.max_length = packing, max_length
         self.collate_fn = collate_fn
         self.epoch, self.position = 0, 0
+        self.last_sources: dict[str, int] = {}
         self._plan_epoch, self._plan = -1, []
         self._length = len(self.plan(0))  # the same for every epoch
 
@@ -135,10 +136,21 @@ class BatchLoader:
         return self.collate_fn([self.examples[row[0]] for row in rows], self.pad_id)
 
     def next(self) -> dict[str, torch.Tensor]:
-        """The next micro-batch; moves to the next epoch after the last one."""
+        """The next micro-batch; moves to the next epoch after the last one.
+
+        ``last_sources`` then holds, for the examples of that micro-batch that carry a
+        ``source`` (e.g. general-text replay), their trained-token counts by source (labels
+        after the first, as :func:`~ftlab.train.step.count_targets` counts them)."""
         if self._plan_epoch != self.epoch:
             self._plan_epoch, self._plan = self.epoch, self.plan(self.epoch)
-        batch = self.collate(self._plan[self.position])
+        rows = self._plan[self.position]
+        self.last_sources = {}
+        for i in (i for row in rows for i in row):
+            source = self.examples[i].get("source")
+            if source is not None:
+                targets = sum(label != -100 for label in self.examples[i]["labels"][1:])
+                self.last_sources[source] = self.last_sources.get(source, 0) + targets
+        batch = self.collate(rows)
         self.position += 1
         if self.position == len(self._plan):
             self.epoch, self.position = self.epoch + 1, 0

@@ -263,7 +263,11 @@ class Trainer:
         with self._ctrl_c_stops():
             while self.counters["step"] < self.total_steps and not stopped_early:
                 start = time.perf_counter()
-                batches = [self.loader.next() for _ in range(cfg.grad_accum)]
+                batches, sources = [], {}
+                for _ in range(cfg.grad_accum):
+                    batches.append(self.loader.next())
+                    for source, count in self.loader.last_sources.items():
+                        sources[f"targets/{source}"] = sources.get(f"targets/{source}", 0) + count
                 tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
                 micro = [_to(b, self.device) for b in batches]
                 accumulated = self.objective.accumulate(self.model, micro)
@@ -284,7 +288,7 @@ class Trainer:
                     "stepped": outcome.stepped, "tokens": tokens,
                     "targets": accumulated.targets, "tokens_per_s": tokens / seconds,
                     "mfu": flops * tokens / seconds / peak, "memory_mb": self._memory_mb(),
-                    **accumulated.metrics})
+                    **sources, **accumulated.metrics})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if self.val_batches and (step % cfg.eval_every == 0 or step == self.total_steps):
