@@ -83,8 +83,19 @@ def test_comparison_intervals_are_paired_and_seeded():
     assert overall.kind == "all" and overall.n == 40
     assert overall.delta == pytest.approx(0.5) and overall.low <= 0.5 <= overall.high
     assert 0 < overall.high - overall.low < 0.5
-    assert {r.kind for r in rows[1:]} == {"capital", "legs"}
+    assert {r.kind for r in rows[2:]} == {"capital", "legs"}
     assert "| all | 40 | 25.0% | 75.0% | +50.0 |" in comparison_markdown(rows)
+
+
+def test_the_macro_row_weighs_every_kind_the_same():
+    """30 capitals all right and 10 legs all wrong: 75% over questions, 50% over kinds."""
+    facts = ([f for f in all_facts() if f.kind == "capital"][:30]
+             + [f for f in all_facts() if f.kind == "legs"][:10])
+    base = TaskResult(facts, [f.id for f in facts], [""] * 40, correct=[False] * 40)
+    tuned = TaskResult(facts, [f.id for f in facts], [""] * 40, correct=[i < 30 for i in range(40)])
+    overall, macro = compare(base, tuned, samples=200, seed=0)[:2]
+    assert overall.tuned == pytest.approx(0.75) and macro.kind == "macro over kinds"
+    assert macro.tuned == pytest.approx(0.5) and macro.low == macro.high == pytest.approx(0.5)
 
 
 def test_base_model_scores_match_its_provenance(base_model, tokenizer):

@@ -35,7 +35,8 @@ class Row:
 
 def compare(base: TaskResult, tuned: TaskResult, what: str = "correct",
             samples: int = 1000, seed: int = 0) -> list[Row]:
-    """Rates of ``what`` before and after, per kind and over all questions.
+    """Rates of ``what`` before and after: over all questions, macro-averaged over fact kinds
+    (each kind weighs the same), then per kind.
 
     Both results must hold the same questions in the same order (paired). The interval
     resamples questions with replacement ``samples`` times (seeded) and takes the 2.5th and
@@ -57,7 +58,26 @@ def compare(base: TaskResult, tuned: TaskResult, what: str = "correct",
                      if samples else (float("nan"), float("nan")))
         b, t = sum(before) / len(idx), sum(after) / len(idx)
         rows.append(Row(kind or "all", len(idx), b, t, t - b, low, high))
+    rows.insert(1, _macro_row(base, tuned, what, samples, seed))
     return rows
+
+
+def _macro_row(base: TaskResult, tuned: TaskResult, what: str, samples: int, seed: int) -> Row:
+    """The unweighted mean over fact kinds (each kind counts the same, however many
+    questions it has), with a bootstrap that resamples questions within each kind."""
+    groups = [[i for i, f in enumerate(base.facts) if f.kind == kind] for kind in base.kinds]
+    pairs = [[(float(getattr(base, what)[i]), float(getattr(tuned, what)[i])) for i in g]
+             for g in groups]
+    b = sum(sum(x for x, _ in g) / len(g) for g in pairs) / len(pairs)
+    t = sum(sum(y for _, y in g) / len(g) for g in pairs) / len(pairs)
+    deltas, rng = [], random.Random(seed)
+    for _ in range(samples):
+        deltas.append(sum(sum(g[j][1] - g[j][0] for j in (rng.randrange(len(g)) for _ in g))
+                          / len(g) for g in pairs) / len(pairs))
+    deltas.sort()
+    low, high = ((deltas[int(0.025 * samples)], deltas[min(samples - 1, int(0.975 * samples))])
+                 if samples else (float("nan"), float("nan")))
+    return Row("macro over kinds", len(base.facts), b, t, t - b, low, high)
 
 
 def comparison_markdown(rows: list[Row], what: str = "exact match") -> str:
