@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
 
 from ftlab.config import TrainConfig
+from ftlab.course.standins import right_pad
 from ftlab.course.teaching import expect, expect_close, explained
 from ftlab.models.tiny import tiny_config, tiny_examples
 from ftlab.train import (BatchLoader, Checkpoint, EarlyStopping, Trainer, accumulate_gradients,
@@ -41,17 +42,6 @@ def _model(dropout=0.0, seed=0):
     for name, param in model.named_parameters():
         param.requires_grad_(name.endswith(("q_proj.weight", "v_proj.weight")))
     return model.train()
-
-
-def _pad(examples, pad_id=PAD):
-    """Right-padded tensors of ``examples`` (input_ids, labels with -100, attention_mask)."""
-    lengths = [len(e["input_ids"]) for e in examples]
-    width = max(lengths)
-    gaps = [width - n for n in lengths]
-    return {"input_ids": torch.tensor([e["input_ids"] + [pad_id] * g
-                                       for e, g in zip(examples, gaps)]),
-            "labels": torch.tensor([e["labels"] + [-100] * g for e, g in zip(examples, gaps)]),
-            "attention_mask": torch.tensor([[1] * (width - g) + [0] * g for g in gaps])}
 
 
 def _grads(model):
@@ -209,10 +199,10 @@ def _grad_cause(got, want):
 @pytest.mark.parametrize("micro", [2, 1])
 def test_m4_2_accumulation_equals_one_big_batch(uneven, micro):
     model = _model()
-    whole = _accumulate(model, [_pad(uneven)], "one batch of 4 examples")
+    whole = _accumulate(model, [right_pad(uneven, PAD)], "one batch of 4 examples")
     want = _grads(model)
     model.zero_grad(set_to_none=True)
-    parts = [_pad(uneven[i:i + micro]) for i in range(0, 4, micro)]
+    parts = [right_pad(uneven[i:i + micro], PAD) for i in range(0, 4, micro)]
     counts = [count_targets(p) for p in parts]
     what = f"{4 // micro} micro-batches of {micro}"
     got = _accumulate(model, parts, what)
@@ -234,10 +224,10 @@ def test_m4_2_accumulation_equals_one_big_batch(uneven, micro):
 
 def test_m4_2_loss_is_the_token_mean(uneven):
     model = _model()
-    batch = _pad(uneven)
+    batch = right_pad(uneven, PAD)
     with torch.no_grad():
         want = float(target_loss_sum(model, batch)) / count_targets(batch)
-    parts = [_pad(uneven[:1]), _pad(uneven[1:])]
+    parts = [right_pad(uneven[:1], PAD), right_pad(uneven[1:], PAD)]
     got = _accumulate(model, parts, "micro-batches of 1 and 3 examples")
     expect(math.isclose(got.loss, want, rel_tol=1e-5), task="M4.2",
            what="reported step loss", expected=f"{want:.6f} (sum over trained tokens / count)",
@@ -340,7 +330,7 @@ class _StandInObjective(SFTObjective):
     """Cross-entropy sums scaled by a constant, backpropagated per micro-batch."""
 
     def collate(self, examples, pad_id):
-        return _pad(examples, pad_id)
+        return right_pad(examples, pad_id)
 
     def accumulate(self, model, micro_batches):
         loss = 0.0
@@ -356,7 +346,7 @@ def _objects(examples, dropout=0.1):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _stand_in_factor(s, 10))
-    loader = BatchLoader(examples, 2, PAD, seed=1, collate_fn=_pad)
+    loader = BatchLoader(examples, 2, PAD, seed=1, collate_fn=right_pad)
     return model, params, opt, sched, loader
 
 

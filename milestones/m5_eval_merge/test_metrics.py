@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ftlab.course.standins import right_pad
 from ftlab.course.teaching import expect, explained
 from ftlab.evaluate import greedy_decode, perplexity
 from ftlab.models.tiny import tiny_examples, tiny_model
@@ -19,17 +20,6 @@ from ftlab.models.tiny import tiny_examples, tiny_model
 pytestmark = pytest.mark.m5
 
 PAD = 0
-
-
-def _pad(examples):
-    """Right-padded tensors of ``examples`` (input_ids, labels with -100, attention_mask)."""
-    lengths = [len(e["input_ids"]) for e in examples]
-    width = max(lengths)
-    gaps = [width - n for n in lengths]
-    return {"input_ids": torch.tensor([e["input_ids"] + [PAD] * g
-                                       for e, g in zip(examples, gaps)]),
-            "labels": torch.tensor([e["labels"] + [-100] * g for e, g in zip(examples, gaps)]),
-            "attention_mask": torch.tensor([[1] * (width - g) + [0] * g for g in gaps])}
 
 
 def _reference_nll(model, batches, response_only):
@@ -53,7 +43,7 @@ def setup():
     model = tiny_model("llama")
     examples = tiny_examples(9, seed=8, lengths=(6, 60))
     examples.sort(key=lambda e: len(e["input_ids"]))
-    batches = [_pad(examples[:6]), _pad(examples[6:])]  # short vs long tokens
+    batches = [right_pad(examples[:6], PAD), right_pad(examples[6:], PAD)]  # short vs long tokens
     return model, batches
 
 
