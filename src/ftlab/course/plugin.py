@@ -30,7 +30,6 @@ from ftlab.course.tasks import mentioned_tasks, milestone_of, sort_key, task_of_
 RESULTS_ENV = "FTLAB_RESULTS"
 TRACE_ENV = "FTLAB_TRACE_REGIONS"
 _MILESTONES = ("m1", "m2", "m3", "m4", "m5", "capstone")
-_collected: dict[str, dict] = {}
 _records: dict[str, dict] = {}
 
 
@@ -103,20 +102,19 @@ def _message(report: pytest.TestReport) -> str:
     return str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        name = getattr(item, "originalname", None) or item.name
-        _collected[item.nodeid] = {
-            "nodeid": item.nodeid, "name": name, "task": task_of_test(name),
-            "markers": sorted({m.name for m in item.iter_markers()} & set(_MILESTONES)),
-            "outcome": "passed", "message": "", "blocked_by": [],
-        }
+def _new_record(report: pytest.TestReport) -> dict:
+    """A test's record, from its report alone (so it also works on the controller of a
+    pytest-xdist run, which collects nothing itself)."""
+    name = report.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+    return {"nodeid": report.nodeid, "name": name, "task": task_of_test(name),
+            "markers": sorted(set(report.keywords) & set(_MILESTONES)),
+            "outcome": "passed", "message": "", "blocked_by": []}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.nodeid not in _collected:
+    if "::" not in report.nodeid:  # a notebook cell or a file-level report: not a test
         return
-    record = _records.setdefault(report.nodeid, dict(_collected[report.nodeid]))
+    record = _records.setdefault(report.nodeid, _new_record(report))
     if record["outcome"] == "failed":
         return
     if report.failed:
