@@ -79,7 +79,7 @@ def _trained_model(run: Path, stage: str, before, lora: dict):
 def test_dry_run_prints_the_plan_and_runs_nothing(capsys, tmp_path):
     assert main(["run", "--dry-run", "--run-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    for line in ("1. sft: sft [ftlab] on messages.jsonl + mixed_style.jsonl", "2. dpo: dpo [ftlab]",
+    for line in ("1. sft: sft [ftlab] on mixed_style.jsonl", "2. dpo: dpo [ftlab]",
                  "3. merge:", "4. export: export hf, gguf (f16)", "nothing was loaded or trained"):
         assert line in out
     assert not (tmp_path / "r").exists()
