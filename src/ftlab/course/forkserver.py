@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import traceback
 from pathlib import Path
 
@@ -40,8 +39,8 @@ CHILD_FAILED = 70
 class ForkServer:
     """Client side: start the server, run pytest in forked children, one at a time.
 
-    Not thread-safe: give each worker thread its own server. Use as a context manager or
-    call :meth:`close`.
+    Not thread-safe: give each worker thread its own server (the server answers one
+    request at a time). Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self) -> None:
@@ -49,7 +48,6 @@ class ForkServer:
             [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
             env={**os.environ, "PYTHONPATH": ""})
-        self._lock = threading.Lock()
 
     def run(self, cwd: Path, path: list[str], env: dict[str, str], args: list[str],
             output: Path, timeout: float) -> int:
@@ -58,12 +56,11 @@ class ForkServer:
         (negative: killed by that signal, e.g. -14 after ``timeout`` seconds)."""
         request = {"cwd": str(cwd), "path": path, "env": env, "args": list(args),
                    "output": str(output), "timeout": max(1, int(timeout))}
-        with self._lock:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"the fork server exited with {self._proc.returncode}")
-            self._proc.stdin.write(json.dumps(request) + "\n")
-            self._proc.stdin.flush()
-            reply = self._proc.stdout.readline()
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"the fork server exited with {self._proc.returncode}")
+        self._proc.stdin.write(json.dumps(request) + "\n")
+        self._proc.stdin.flush()
+        reply = self._proc.stdout.readline()
         if not reply:
             raise RuntimeError(f"the fork server exited with {self._proc.wait()}")
         return int(json.loads(reply)["exit"])

@@ -11,9 +11,11 @@
     names the task and the cause.
 
 Mutants run in private workspaces (a copy of ``src/``, links to everything else), ``jobs``
-at a time, each in a child of a :class:`ForkServer` (libraries imported once), each against only the tests that can see it: the tests named for its task and
-every test that ran a line of its region in the reference run (traced; any milestone).
-A test outside that set cannot execute the mutated lines, so it cannot change verdict.
+at a time, each in a child of a :class:`ForkServer` (libraries imported once), each against
+only the tests that can see it: the tests named for its task and every test that ran a line
+of its region in the reference run (traced; any milestone). A test outside that set cannot
+execute the mutated lines, so it cannot change verdict. The tracer sees only the test's own
+process: a check that runs a region in a subprocess must be named for that region's task.
 """
 
 from __future__ import annotations
