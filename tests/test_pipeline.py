@@ -93,7 +93,8 @@ def test_plan_reports_every_problem_before_anything_runs(tmp_path):
     lines = str(err.value).splitlines()
     assert lines[0] == "the pipeline cannot run:"
     assert any(line.startswith("stages[0] (merge): a merge stage needs a trained adapter") for line in lines)
-    assert any("stages[1] (sft): section(s) ['export'] are not used" in line for line in lines)
+    assert any("stages[1] (sft): export: this section is not used by a sft stage" in line
+               for line in lines)
     assert any("stages[1] (sft): a sft stage needs a data section" in line for line in lines)
     assert any("stages[2] (export): export writes a merged model: put a merge stage" in line for line in lines)
     assert main(["run", "--dry-run", str(path)]) == 2
@@ -219,7 +220,7 @@ def test_real_model_configs_run_on_a_tiny_model_of_their_architecture(name, arch
     from transformers import AutoModelForCausalLM
 
     config = load_config(ROOT / "configs" / name)
-    plan(config)
+    plan(config, check_model=False)
     tokenizer = load_tokenizer()
     tiny = tiny_config(arch)
     tiny.vocab_size, tiny.max_position_embeddings = len(tokenizer), 512
@@ -251,7 +252,7 @@ def test_real_model_configs_run_on_a_tiny_model_of_their_architecture(name, arch
 
 def test_readme_configs_are_valid():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        plan(load_config(path))
+        plan(load_config(path), check_model=False)  # real models are not cached here
 
 
 def test_replay_keeps_general_perplexity_nearer_the_base(tmp_path):

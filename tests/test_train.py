@@ -18,7 +18,7 @@ from torch import nn
 from train_child import lora_model
 
 from ftlab.config import TrainConfig
-from ftlab.errors import ConfigError
+from ftlab.errors import ConfigError, TrainingError
 from ftlab.models.tiny import tiny_examples, tiny_model
 from ftlab.data import collate
 from ftlab.train import (BatchLoader, CheckpointWarning, Trainer, count_targets,
@@ -95,10 +95,15 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path):
     examples[5]["input_ids"][1] = 95
     model = PoisonedModel(lora_model(0.0))
     _, _, result = _fit(tmp_path, examples, model=model, max_steps=8, batch_size=1,
-                        group_by_length=False)
+                        group_by_length=False, max_skipped_fraction=0.2)
     steps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "step"]
     assert result.skipped_steps == 1 and sum(not r["stepped"] for r in steps) == 1
     assert all(torch.isfinite(w).all() for w in trainable_weights(model).values())
+
+    # 1 of 8 planned steps is more than the default limit of 10%: the run stops at once
+    with pytest.raises(TrainingError, match=r"1 of \d steps were skipped .*train.max_skipped_fraction"):
+        _fit(tmp_path / "strict", examples, model=PoisonedModel(lora_model(0.0)), max_steps=8,
+             batch_size=1, group_by_length=False)
 
 
 # -- batching and packing ------------------------------------------------------------------

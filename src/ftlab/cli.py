@@ -77,11 +77,9 @@ def _cmd_base_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from ftlab.config import load_config
+    from ftlab.pipeline.cli import check_command
 
-    load_config(args.file)
-    print(f"{args.file}: valid")
-    return 0
+    return check_command(args.file)
 
 
 def _cmd_config_defaults(args: argparse.Namespace) -> int:
@@ -181,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="run configs").add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
-    p = config.add_parser("check", help="validate a YAML run config")
+    p = config.add_parser("check", help="validate a YAML run config: everything `ftlab run "
+                                        "--dry-run` checks (keys, types, stage order, model)")
     p.add_argument("file", type=Path)
     p.set_defaults(func=_cmd_config_check)
     p = config.add_parser("defaults", help="print every default as a markdown table")

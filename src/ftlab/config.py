@@ -65,6 +65,7 @@ __all__ = [
     "DPOConfig",
     "StageConfig",
     "PipelineConfig",
+    "config_line",
     "load_config",
     "register_stage_kind",
     "save_config",
@@ -130,10 +131,28 @@ def _hint(text: str) -> dict[str, str]:
     return {"hint": text}
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether ``annotation`` (possibly Optional / Annotated) means a number and not a bool."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _numeric(args[0])
+    if args and get_origin(annotation) is not Literal:
+        return bool not in args and any(_numeric(a) for a in args)
+    return annotation in (int, float)
+
+
 class _Section(BaseModel):
-    """Base of every config model: unknown keys and inf/nan are errors."""
+    """Base of every config model: unknown keys, inf/nan and booleans where a number is
+    meant (``batch_size: true`` would otherwise be read as 1) are errors."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,6 +243,14 @@ class DataConfig(_Section):
         description="Plain text file, one document per line, for replay; unset uses the embedded "
         "corpus (data/corpus/train.txt).",
         json_schema_extra=_hint(_DATA_FILE_HINT),
+    )
+    max_rejected_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A stage refuses to train when more than this share of its data file's records "
+        "cannot be read (bad JSON, missing fields, wrong format; each reported with file:line). "
+        "0 tolerates no bad record, 1 trains on whatever loads.",
     )
 
     @model_validator(mode="after")
@@ -350,6 +377,14 @@ class TrainConfig(_Section):
         description="'adamw' (torch) or 'adamw8bit' (bitsandbytes 8-bit states, GPU memory saver).",
     )
     seed: int = Field(0, ge=0, description="Seed of adapter init, dropout and batch order.")
+    max_skipped_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Training stops with an error once more than this share of the planned steps "
+        "was skipped for a non-finite loss or gradient norm (usually a learning rate too high, or "
+        "broken data); 1 never stops.",
+    )
 
 
 class EvalConfig(_Section):
@@ -550,12 +585,18 @@ def _parse_mapping(text: str, path: Path, model: type[BaseModel]) -> dict[str, A
     """Parse ``text`` with ``yaml.safe_load``; it must be a non-empty mapping."""
     keys = ", ".join(model.model_fields)
     try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), ())
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: YAML syntax error: {problem}; check indentation, colons and quotes") from None
+    if duplicates:
+        raise ConfigError("\n".join(
+            f"{path}:{second}: {field}: duplicate key (first given at line {first}); YAML keeps "
+            "only the last, so the first would be silently ignored: give each key once"
+            for field, first, second in duplicates))
     if data is None:
         raise ConfigError(f"{path}: config file is empty; expected a mapping with keys {keys}")
     if not isinstance(data, dict):
@@ -563,6 +604,34 @@ def _parse_mapping(text: str, path: Path, model: type[BaseModel]) -> dict[str, A
             f"{path}:1: top level must be a mapping of keys ({keys}) (got a {type(data).__name__})"
         )
     return data
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...]) -> list[tuple[str, int, int]]:
+    """``(dotted field, first line, repeated line)`` of every key given twice in one mapping
+    of the YAML tree under ``node`` (1-based lines)."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            line, name = key.start_mark.line + 1, str(key.value)
+            if name in first:
+                found.append((".".join(map(str, (*loc, name))), first[name], line))
+            first.setdefault(name, line)
+            found += _duplicate_keys(value, (*loc, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, (*loc, index))
+    return found
+
+
+def config_line(path: str | os.PathLike[str], loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest key (or list item) of ``loc`` in the YAML file at
+    ``path`` (``("stages", 2, "export")``), or None when the file cannot be parsed."""
+    try:
+        return _line_of(yaml.compose(Path(path).read_text(encoding="utf-8"),
+                                     Loader=yaml.SafeLoader), loc)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,3 +22,7 @@ class DataError(FtlabError):
 
 class ArtifactError(FtlabError):
     """A model, tokenizer or checkpoint on disk is missing, corrupt or inconsistent."""
+
+
+class TrainingError(FtlabError):
+    """Training cannot produce a usable model as configured (e.g. most steps diverge)."""

@@ -153,6 +153,7 @@ def prepare_dpo(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
                           "{prompt, chosen, rejected} records and data.format to auto or "
                           f"preference (got path {config.path}, format {config.format!r})")
     pairs, report = load_pairs(config.path)
+    report.refuse_above(config.max_rejected_fraction)
     train, validation = split_pairs(pairs, config.validation_fraction, config.seed)
     tokenize = lambda ps: [tokenize_pair(p, tokenizer, config.max_length)  # noqa: E731
                            for p in ps]

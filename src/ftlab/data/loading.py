@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,34 @@ class LoadReport:
                                                      if r.where.file in self.files else 0,
                                                      r.where.line or 0, r.where.row or 0))
         return "\n".join([head, *(f"  {r}" for r in order)])
+
+    def reason_counts(self) -> Counter:
+        """Rejections counted by kind of reason (the reason up to its first colon, so
+        ``invalid JSON: ... (column 3)`` and ``invalid JSON: ... (column 9)`` count together)."""
+        return Counter(r.reason.split(":", 1)[0].strip() for r in self.rejected)
+
+    def brief(self, first: int = 3) -> str:
+        """The totals, the rejections counted by reason and the first ``first`` rejections
+        (file:line and reason), indented; what a run prints for each stage's data."""
+        if not self.rejected:
+            return f"{', '.join(self.files)}: {self.total} records, all loaded"
+        by_reason = ", ".join(f"{reason} {n}" for reason, n in self.reason_counts().most_common())
+        lines = [f"{', '.join(self.files)}: {self.total} records, {self.loaded} loaded, "
+                 f"{len(self.rejected)} rejected ({by_reason})"]
+        lines += [f"  {r}" for r in self.rejected[:first]]
+        if len(self.rejected) > first:
+            lines.append(f"  ... and {len(self.rejected) - first} more")
+        return "\n".join(lines)
+
+    def refuse_above(self, max_fraction: float) -> None:
+        """Raise :class:`DataError` when more than ``max_fraction`` of the records were
+        rejected (``data.max_rejected_fraction``): training on what is left of a mostly
+        broken file is rarely what was meant."""
+        if self.total and len(self.rejected) / self.total > max_fraction:
+            raise DataError(f"{len(self.rejected)} of {self.total} records "
+                            f"({len(self.rejected) / self.total:.0%}) could not be used, more than "
+                            f"data.max_rejected_fraction ({max_fraction:g}) allows; fix them or "
+                            f"raise the limit:\n{self.brief(first=5)}")
 
     def merge(self, other: LoadReport) -> None:
         """Add ``other``'s files, counts and rejections to this report."""

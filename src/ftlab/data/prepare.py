@@ -35,6 +35,11 @@ class PreparedData:
     replayed: int = 0
     """How many of ``train`` (the last ones) are general-text replay blocks."""
 
+    @property
+    def records(self) -> LoadReport:
+        """The account of every record read (for a mixture, of all its files)."""
+        return self.load_report.load if isinstance(self.load_report, MixtureReport) else self.load_report
+
     def summary(self) -> str:
         replay = f", {self.replayed} of them general-text replay" if self.replayed else ""
         return (f"{len(self.train)} training{replay} and {len(self.validation)} validation "
@@ -52,6 +57,8 @@ def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
         raise ConfigError("data.format: preference records ({prompt, chosen, rejected}) are for "
                           "dpo stages; an sft stage reads conversations (messages, alpaca, ...)")
     examples, load_report = load_data(config)
+    records = load_report.load if isinstance(load_report, MixtureReport) else load_report
+    records.refuse_above(config.max_rejected_fraction)
     conversations = [e.conversation for e in examples]
     if config.dedupe:
         kept, filter_report = quality_filter(conversations,
@@ -62,7 +69,8 @@ def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
         filter_report = None
     if not kept:
         raise DataError(f"{config.path or 'the mixture'}: no usable conversation left after "
-                        "loading and filtering; see the load report")
+                        f"loading and filtering\n{records.brief()}\nfilter: "
+                        f"{filter_report.summary() if filter_report else 'dedupe off'}")
     train, validation = train_val_split(kept, config.validation_fraction, config.seed)
     tokenize = lambda convs: [tokenize_with_labels(c, tokenizer, config.max_length)  # noqa: E731
                               for c in convs]

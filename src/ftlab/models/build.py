@@ -23,7 +23,8 @@ from ftlab.models.measure import (
     chat_exact_match, cloze_correct, corpus_loss, pack_documents, perplexity, rates_by_kind,
 )
 from ftlab.models.pretrain import PretrainRecipe, pretrain
-from ftlab.models.provenance import PROVENANCE_FILE, file_hashes, sha256_file
+from ftlab.files import sha256_file
+from ftlab.models.provenance import PROVENANCE_FILE, file_hashes
 from ftlab.models.tokenizer import DOC_SEP, IM_END, train_tokenizer
 from ftlab.world import Fact, all_facts
 

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from ftlab.errors import ArtifactError
+from ftlab.files import sha256_file
 
 PROVENANCE_FILE = "provenance.json"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ftlab.config import PipelineConfig, load_config
 from ftlab.paths import default_config
-from ftlab.pipeline.runner import plan, read_state, run_pipeline
+from ftlab.pipeline.runner import plan, read_state, reusable, run_pipeline, to_run
 
 
 def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | None
@@ -26,17 +26,44 @@ def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | Non
     return config.model_copy(update=update)
 
 
-def plan_text(config: PipelineConfig) -> str:
-    """The printed plan: base model, run folder and one line per stage."""
-    planned = plan(config)
-    state = read_state(Path(config.run_dir))
+def plan_text(config: PipelineConfig, source: Path | None = None, check_model: bool = True
+              ) -> str:
+    """The printed plan: base model, run folder and one line per stage, each marked as the
+    run will treat it: reused (completed, outputs verified) or run, and why.
+    ``check_model=False`` plans a config whose model is not on this machine."""
+    planned = plan(config, source, check_model)
+    run_dir = Path(config.run_dir)
+    state = read_state(run_dir)
+    done, refused = reusable(state, run_dir)
+    try:
+        will_run = set(to_run(planned, done))
+    except NotImplementedError:  # the learner edition before C.3 is done
+        will_run = None
     lines = [f"base model: {config.model.name_or_path} ({config.model.dtype}), seed {config.seed}",
              f"run folder: {config.run_dir}"]
     for i, p in enumerate(planned, 1):
-        done = state["stages"].get(p.name)
-        mark = " [done; reused]" if done and done["fingerprint"] == p.fingerprint else ""
+        recorded = state["stages"].get(p.name)
+        if will_run is None:
+            mark = ""
+        elif p.name not in will_run:
+            mark = " [done; reused]"
+        elif p.name in refused:
+            mark = f" [runs again: recorded outputs changed: {refused[p.name]}]"
+        elif recorded and recorded["fingerprint"] != p.fingerprint:
+            mark = " [runs again: its config or data changed]"
+        elif recorded:
+            mark = " [runs again: an earlier stage runs]"
+        else:
+            mark = ""
         lines.append(f"  {i}. {p.name}: {p.stage.describe()}{mark}")
     return "\n".join(lines)
+
+
+def check_command(path: Path) -> int:
+    """``ftlab config check``: everything ``ftlab run --dry-run`` refuses, without a plan."""
+    plan(load_config(path), path)
+    print(f"{path}: valid")
+    return 0
 
 
 def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path | None = None,
@@ -44,11 +71,11 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
     path = config_path or default_config()
     config = with_overrides(load_config(path), run_dir, seed)
     print(f"config: {path}")
-    print(plan_text(config))
+    print(plan_text(config, path))
     if dry_run:
         print("dry run: the config is valid; nothing was loaded or trained")
         return 0
-    summary = run_pipeline(config, progress=progress)
+    summary = run_pipeline(config, progress=progress, source=path)
     print()
     print(summary["summary_table"])
     print()

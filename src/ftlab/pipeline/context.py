@@ -7,6 +7,7 @@ a resumed run rebuilds exactly the model a completed stage handed on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,37 @@ def load_model(ref: ModelRef, dtype: str = "float32", keep_last_adapter: bool = 
     return model.eval()
 
 
+def model_problem(name_or_path: str) -> str | None:
+    """Why ``name_or_path`` (a run's ``model.name_or_path``) cannot be loaded, or None.
+
+    ``embedded`` is always there. An existing path must be a transformers model folder
+    (``config.json``). Anything else must be a Hub id: with ``HF_HUB_OFFLINE`` set it must
+    already be in the Hugging Face cache; online, a missing one is downloaded when the run
+    loads it. Checked at plan time, so a typo never waits for a run to start.
+    """
+    if name_or_path == EMBEDDED:
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return None if (path / "config.json").is_file() else (
+            f"{name_or_path}: not a transformers model folder (no config.json in {path.resolve()})")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return f"{name_or_path}: no such model folder (looked for {path.resolve()})"
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return None
+    if constants.is_offline_mode():
+        return (f"{name_or_path}: neither a model folder here ({path.resolve()}) nor a Hub id in "
+                "the Hugging Face cache, and HF_HUB_OFFLINE is set: download it once with "
+                f"`hf download {name_or_path}` (online), or give a local folder")
+    return None
+
+
 def load_model_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     """The tokenizer of the run's base model (``embedded`` or a folder / cached Hub id)."""
     if config.name_or_path == EMBEDDED:
@@ -101,8 +133,8 @@ class StageResult:
 class StageContext:
     """Everything a stage's ``run`` gets: the whole run config, its own config, its folder,
     the model it starts from, the tokenizer, whether to show progress bars, the results of
-    the stages before it (``earlier``, in run order) and the base model's measurements
-    (``baseline``)."""
+    the stages before it (``earlier``, in run order), the base model's measurements
+    (``baseline``) and where to say what it does (``log``: one line at a time)."""
 
     run: PipelineConfig
     stage: StageConfig
@@ -112,3 +144,4 @@ class StageContext:
     progress: bool = True
     earlier: dict[str, StageResult] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    log: Callable[[str], None] = print

@@ -29,7 +29,8 @@ class Stage:
     """Base class of pipeline stages.
 
     ``kind``: the config's ``kind`` value. ``sections``: the stage-config sections it reads
-    (others given in the config are reported as unused by :meth:`check`). ``trains``: whether
+    (others given in the config are reported as unused by :meth:`check`, one problem each,
+    starting with the section's name). ``trains``: whether
     it adds an adapter (the runner evaluates the model after training stages). ``needs_adapter``:
     it works on the input model's newest adapter (merge).
     """
@@ -45,12 +46,11 @@ class Stage:
     def check(self, has_adapter: bool) -> list[str]:
         """Problems with this stage's config, given whether its input model will carry an
         unmerged adapter; empty when fine. Runs before anything is loaded or trained."""
-        problems = []
-        unused = [s for s in ("data", "lora", "quant", "train", "eval", "export", "dpo")
-                  if getattr(self.config, s) is not None and s not in self.sections]
-        if unused:
-            problems.append(f"section(s) {unused} are not used by a {self.kind} stage "
-                            f"(it reads {list(self.sections) or 'none'})")
+        reads = ", ".join(self.sections) or "no section"
+        problems = [f"{s}: this section is not used by a {self.kind} stage (it reads {reads}); "
+                    "remove it or move it to the stage that needs it"
+                    for s in ("data", "lora", "quant", "train", "eval", "export", "dpo")
+                    if getattr(self.config, s) is not None and s not in self.sections]
         if self.needs_adapter and not has_adapter:
             problems.append(f"a {self.kind} stage needs a trained adapter before it: put an "
                             "sft or dpo stage with LoRA earlier")

@@ -4,8 +4,9 @@ The summary table has one row per measured model — the base, then each stage t
 or evaluates — with held-out exact match (over all questions and macro-averaged over fact
 kinds, since capitals are 72 of 162 questions), plain-form (cloze) accuracy of the same facts,
 preferred style, stopping at end-of-turn, general-text perplexity (and its ratio to the base:
-forgetting) and preference accuracy. The per-kind table puts chat exact match beside cloze
-for every kind: what the model knows against what it can say in chat.
+forgetting), preference accuracy and the training steps skipped for a non-finite loss. The
+per-kind table puts chat exact match beside cloze for every kind: what the model knows
+against what it can say in chat.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ COLUMNS = [("exact_match", "exact match", "{:.1%}"),
            ("exact_match/macro", "exact match, macro over kinds", "{:.1%}"),
            ("cloze/macro", "cloze, macro", "{:.1%}"), ("polite", "polite", "{:.1%}"),
            ("ended", "ends at end-of-turn", "{:.1%}"), ("general_ppl", "general ppl", "{:.2f}"),
-           ("preference_accuracy", "prefers chosen", "{:.1%}")]
+           ("preference_accuracy", "prefers chosen", "{:.1%}"),
+           ("skipped_steps", "skipped steps", "{:.0f}")]
 """Measured figures shown for every row: (key, header, format)."""
 
 
@@ -35,7 +37,10 @@ def measured_rows(state: dict, names: list[str]) -> list[tuple[str, dict[str, fl
         record = state["stages"].get(name)
         if record and "eval/exact_match" in record["result"]["metrics"]:
             metrics = record["result"]["metrics"]
-            rows.append((name, {k[5:]: v for k, v in metrics.items() if k.startswith("eval/")}))
+            figures = {k[5:]: v for k, v in metrics.items() if k.startswith("eval/")}
+            if "skipped_steps" in metrics:  # steps that did not update: the user must see them
+                figures["skipped_steps"] = metrics["skipped_steps"]
+            rows.append((name, figures))
     return rows
 
 

@@ -3,13 +3,17 @@
 ``run_dir`` layout::
 
     config.yaml        the validated config, every default spelled out
-    state.json         each completed stage's fingerprint and result (written after each stage)
-    base/              measurements of the model the run starts from
-    <stage name>/      each stage's own folder (training run, adapter, merged model, exports)
+    state.json         each completed stage's fingerprint, result and output manifest
+                       (written after each stage; paths in it are relative to the run folder)
+    <stage name>/      each stage's own folder (training run, adapter, merged model, exports,
+                       data_report.txt: every record its data loading rejected, with file:line)
     report.md, metrics.json, plots/   written after every stage
 
-Running again on the same ``run_dir`` resumes: completed stages whose config did not change
-are not run again, and the first stage that runs invalidates every stage after it.
+Running again on the same ``run_dir`` resumes: a completed stage is reused while its
+fingerprint (its config, the base model, the seed and the *contents* of its data files) is
+unchanged and every output it recorded is on disk with the same sha256; otherwise it runs
+again, and the first stage that runs invalidates every stage after it. The run folder can be
+moved or used from another working directory; the project can be moved.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlab.config import EvalConfig, PipelineConfig, StageConfig, save_config
-from ftlab.errors import ConfigError
+from ftlab.config import EvalConfig, PipelineConfig, StageConfig, config_line, save_config
+from ftlab.errors import ConfigError, FtlabError
+from ftlab.files import file_manifest, manifest_problems, sha256_file
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
-                                    load_model_tokenizer)
+                                    load_model_tokenizer, model_problem)
 from ftlab.pipeline.measure import heldout_pairs, measure
 from ftlab.pipeline.registry import Stage, stage_for
 
@@ -55,31 +60,64 @@ class StageRecord:
 
 
 def fingerprint(run: PipelineConfig, stage: StageConfig) -> str:
-    """sha256 of the stage's config (JSON), the base model and the run seed."""
-    text = json.dumps({"stage": stage.model_dump(mode="json"), "model":
-                       run.model.model_dump(mode="json"), "seed": run.seed}, sort_keys=True)
+    """sha256 of the stage's config (JSON), the base model and the run seed, with each data
+    file standing for its content (sha256), not its path: a moved project keeps its
+    fingerprints, an edited data file changes them."""
+    config = stage.model_dump(mode="json")
+    data = config.get("data")
+    if data:
+        for key in ("path", "replay_path"):
+            if data.get(key):
+                data[key] = sha256_file(Path(data[key]))
+        for source in data.get("mixture") or []:
+            source["path"] = sha256_file(Path(source["path"]))
+    if (config.get("eval") or {}).get("preference_path"):
+        config["eval"]["preference_path"] = sha256_file(Path(config["eval"]["preference_path"]))
+    text = json.dumps({"stage": config, "model": run.model.model_dump(mode="json"),
+                       "seed": run.seed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan(config: PipelineConfig) -> list[PlannedStage]:
+def plan(config: PipelineConfig, source: Path | None = None, check_model: bool = True
+         ) -> list[PlannedStage]:
     """Every stage with its stage object, checked in order before anything runs.
 
-    Raises one :class:`ConfigError` listing every problem (``stages[i] (name): ...``).
+    ``check_model``: also check the base model can be loaded (:func:`model_problem`).
+    Raises one :class:`ConfigError` listing every problem (``stages[i] (name): ...``),
+    each prefixed ``<source>:<line>:`` when the config file ``source`` is given.
     """
     planned, problems, has_adapter = [], [], False
+    if check_model and (problem := model_problem(config.model.name_or_path)):
+        problems.append((("model", "name_or_path"), f"model.name_or_path: {problem}"))
     for index, stage_config in enumerate(config.stages):
+        where = f"stages[{index}] ({stage_config.name})"
         try:
             stage = stage_for(stage_config)
         except ConfigError as e:
-            problems.append(f"stages[{index}] ({stage_config.name}): {e}")
+            problems.append((("stages", index), f"{where}: {e}"))
             continue
-        problems += [f"stages[{index}] ({stage_config.name}): {p}" for p in stage.check(has_adapter)]
+        problems += [(("stages", index, *_section_of(p)), f"{where}: {p}")
+                     for p in stage.check(has_adapter)]
         has_adapter = (has_adapter or stage.trains) and not stage.needs_adapter
         planned.append(PlannedStage(stage_config.name, stage_config, stage,
                                     fingerprint(config, stage_config)))
     if problems:
-        raise ConfigError("the pipeline cannot run:\n" + "\n".join(problems))
+        lines = [f"{source}:{line}: {text}" if source and (line := config_line(source, loc))
+                 else text for loc, text in problems]
+        raise ConfigError("the pipeline cannot run:\n" + "\n".join(lines))
     return planned
+
+
+_SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo")
+
+
+def _section_of(problem: str) -> tuple[str, ...]:
+    """The config keys a stage's problem names first (``export.formats: ...`` ->
+    ``("export", "formats")``), to point at its line; empty when it names none."""
+    head = problem.split(":", 1)[0].split(".")
+    if head[0] in _SECTIONS and len(head) <= 2 and all(h.isidentifier() for h in head):
+        return tuple(head)
+    return ()
 
 
 def chain(planned: list[PlannedStage], done: dict[str, StageRecord], start: ModelRef,
@@ -112,42 +150,116 @@ def chain(planned: list[PlannedStage], done: dict[str, StageRecord], start: Mode
     ### END SOLUTION
 
 
+RUN = "$RUN/"
+"""Prefix of paths inside the run folder as ``state.json`` stores them."""
+
+
+def _map_paths(state: dict, convert: Callable[[str], str]) -> dict:
+    """``state`` with ``convert`` applied to every path of every stage result (model path,
+    adapters, artifacts)."""
+    stages = {}
+    for name, record in state["stages"].items():
+        result = record["result"]
+        model = result["model"]
+        stages[name] = {**record, "result": {
+            **result, "model": {"path": convert(model["path"]),
+                                "adapters": [convert(a) for a in model["adapters"]]},
+            "artifacts": {k: convert(v) for k, v in result["artifacts"].items()}}}
+    return {**state, "stages": stages}
+
+
+def _portable(path: str, run_dir: Path) -> str:
+    """``path`` as ``$RUN/<relative>`` when it lies in ``run_dir``, else unchanged."""
+    if path == EMBEDDED or not Path(path).exists():
+        return path
+    try:
+        return RUN + Path(path).resolve().relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def read_state(run_dir: Path) -> dict:
-    """``state.json`` of ``run_dir`` (empty state when absent)."""
+    """``state.json`` of ``run_dir`` (empty state when absent), paths resolved against
+    ``run_dir`` as given."""
     path = run_dir / STATE
     if not path.is_file():
         return {"baseline": None, "stages": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        state = json.loads(path.read_text())
+        return _map_paths(state, lambda p: str(run_dir / p[len(RUN):]) if p.startswith(RUN) else p)
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path}: damaged run state; delete it to start the run over") from None
 
 
 def write_state(run_dir: Path, state: dict) -> None:
-    """Write ``state.json`` atomically (temp file, fsync, rename)."""
+    """Write ``state.json`` atomically (temp file, fsync, rename), paths inside the run
+    folder relative to it."""
     tmp = run_dir / (STATE + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
+        json.dump(_map_paths(state, lambda p: _portable(p, run_dir)), f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, run_dir / STATE)
 
 
-def done_records(state: dict) -> dict[str, StageRecord]:
-    return {name: StageRecord(r["fingerprint"], StageResult.from_json(r["result"]))
-            for name, r in state["stages"].items()}
+def stage_outputs(result: StageResult, folder: Path) -> list[Path]:
+    """The files a stage hands on that lie in its ``folder``: the artifacts it names and
+    the model (and adapters) it passes to the next stage."""
+    named = [*result.artifacts.values(), result.model.path, *result.model.adapters]
+    inside = []
+    for p in map(Path, named):
+        if p.exists() and p.resolve().is_relative_to(folder.resolve()):
+            inside.append(p)
+    return inside
 
 
-def input_signature(model: ModelRef) -> list:
-    """What identifies the model a stage starts from on disk: its path and the size and
-    modification time of every file of its folder and adapters (a retrained upstream stage
-    rewrites them)."""
+def outputs_manifest(run_dir: Path, result: StageResult, folder: Path) -> dict:
+    """sha256 manifest (keyed relative to ``run_dir``) of :func:`stage_outputs`."""
+    return file_manifest(run_dir.resolve(), [p.resolve() for p in stage_outputs(result, folder)])
+
+
+def reusable(state: dict, run_dir: Path) -> tuple[dict[str, StageRecord], dict[str, str]]:
+    """The completed stages whose recorded outputs are all on disk unchanged, and for each
+    other completed stage why not (``name -> reason``)."""
+    done, refused = {}, {}
+    for name, record in state["stages"].items():
+        outputs = record.get("outputs")
+        problems = (["no output manifest (recorded by an older ftlab)"] if outputs is None
+                    else manifest_problems(run_dir, outputs))
+        if problems:
+            refused[name] = "; ".join(problems[:3]) + (f"; {len(problems) - 3} more"
+                                                       if len(problems) > 3 else "")
+        else:
+            done[name] = StageRecord(record["fingerprint"],
+                                     StageResult.from_json(record["result"]))
+    return done, refused
+
+
+def to_run(planned: list[PlannedStage], done: dict[str, StageRecord]) -> list[str]:
+    """Names of the stages a run will run (the others it reuses): what :func:`chain` does
+    with ``done``, found by chaining with stand-ins that run nothing."""
+    ran: list[str] = []
+
+    def pretend(stage: PlannedStage, model: ModelRef) -> StageResult:
+        ran.append(stage.name)
+        return StageResult(model)
+
+    chain(planned, done, ModelRef(EMBEDDED), pretend, lambda stage, result: None)
+    return ran
+
+
+def input_signature(model: ModelRef, run_dir: Path) -> list:
+    """What identifies the model a stage starts from on disk: its path (relative to the run
+    folder when inside it) and the name, size and modification time of every file of its
+    folder and adapters (a retrained upstream stage rewrites them)."""
     folders = [Path(p) for p in (model.path, *model.adapters) if Path(p).is_dir()]
-    files = sorted(f for folder in folders for f in folder.rglob("*") if f.is_file())
-    return [model.path, [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]]
+    return [_portable(model.path, run_dir),
+            [[_portable(str(folder), run_dir), f.relative_to(folder).as_posix(),
+              f.stat().st_size, f.stat().st_mtime_ns]
+             for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()]]
 
 
-def stage_folder(folder: Path, stage_fingerprint: str, model: ModelRef) -> Path:
+def stage_folder(folder: Path, stage_fingerprint: str, model: ModelRef, run_dir: Path) -> Path:
     """``folder``, ready for a stage to run in.
 
     A folder left by an interrupted run of the same stage on the same input is kept, so the
@@ -155,7 +267,7 @@ def stage_folder(folder: Path, stage_fingerprint: str, model: ModelRef) -> Path:
     emptied first. A non-empty folder ftlab did not write is refused.
     """
     marker = folder / STAGE_MARKER
-    want = {"fingerprint": stage_fingerprint, "input": input_signature(model)}
+    want = {"fingerprint": stage_fingerprint, "input": input_signature(model, run_dir)}
     if folder.exists() and any(folder.iterdir()):
         if not marker.is_file():
             raise ConfigError(f"{folder}: exists and was not written by an ftlab run; "
@@ -176,20 +288,27 @@ def quiet_loading() -> None:
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True,
-                 print_fn: Callable[[str], None] = print) -> dict:
+                 print_fn: Callable[[str], None] = print, source: Path | None = None) -> dict:
     """Plan, measure the starting model, chain the stages, write the report.
 
-    Returns the run summary (as ``metrics.json``): ``baseline`` figures and each stage's
-    result, in order, plus ``seconds``.
+    ``source``: the config file, for file:line in plan errors. ``print_fn`` gets one line
+    per event: a stage starting, its data summary, a resume, a stage whose recorded outputs
+    changed. Returns the run summary (as ``metrics.json``): ``baseline`` figures and each
+    stage's result, in order, plus ``seconds_this_run`` and ``reused_stages``.
     """
     from ftlab.pipeline.report import write_report
 
-    planned = plan(config)
+    planned = plan(config, source)
     quiet_loading()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     state = read_state(run_dir)
+    done, refused = reusable(state, run_dir)
+    for name, why in refused.items():
+        if any(p.name == name for p in planned):
+            print_fn(f"stage {name}: its recorded outputs changed ({why}); it runs again, and "
+                     "every stage after it")
     tokenizer = load_model_tokenizer(config.model)
     start = ModelRef(config.model.name_or_path if config.model.name_or_path != EMBEDDED else EMBEDDED)
     started = time.perf_counter()
@@ -207,25 +326,30 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
     def run_one(stage: PlannedStage, model: ModelRef) -> StageResult:
         ran.append(stage.name)
         print_fn(f"stage {stage.name}: {stage.stage.describe()}")
-        folder = stage_folder(run_dir / stage.name, stage.fingerprint, model)
+        folder = stage_folder(run_dir / stage.name, stage.fingerprint, model, run_dir)
         began = time.perf_counter()
         earlier = {p.name: StageResult.from_json(state["stages"][p.name]["result"])
                    for p in planned[:planned.index(stage)] if p.name in state["stages"]}
-        result = stage.stage.run(StageContext(config, stage.config, folder, model, tokenizer,
-                                              progress, earlier, state["baseline"]["metrics"]))
+        try:
+            result = stage.stage.run(StageContext(config, stage.config, folder, model, tokenizer,
+                                                  progress, earlier, state["baseline"]["metrics"],
+                                                  print_fn))
+        except FtlabError as e:  # say which stage: a run has several with the same sections
+            raise type(e)(f"stage {stage.name}: {e}") from e
         result.metrics["seconds"] = time.perf_counter() - began
         return result
 
     def record(stage: PlannedStage, result: StageResult) -> None:
-        state["stages"][stage.name] = {"fingerprint": stage.fingerprint,
-                                       "result": result.to_json()}
+        state["stages"][stage.name] = {
+            "fingerprint": stage.fingerprint, "result": result.to_json(),
+            "outputs": outputs_manifest(run_dir, result, run_dir / stage.name)}
         later = [p.name for p in planned[planned.index(stage) + 1:]]
         for name in later:  # their inputs changed: never reuse them
             state["stages"].pop(name, None)
         write_state(run_dir, state)
         write_report(run_dir, config, state, planned)
 
-    chain(planned, done_records(state), start, run_one, record)
+    chain(planned, done, start, run_one, record)
     summary = write_report(run_dir, config, state, planned)
     summary["seconds_this_run"] = time.perf_counter() - started
     summary["reused_stages"] = [p.name for p in planned if p.name not in ran]

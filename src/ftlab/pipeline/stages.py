@@ -15,6 +15,7 @@ import torch
 
 from ftlab.align import DPOObjective, add_reference_logprobs, pair_logprobs, prepare_dpo
 from ftlab.config import DPOConfig, EvalConfig, ExportConfig, LoRAConfig, QuantConfig, StageConfig
+from ftlab.data.loading import LoadReport
 from ftlab.data.prepare import prepare_sft
 from ftlab.export import export_gguf, export_hf, merge_for_export, verify_gguf, verify_hf_export
 from ftlab.models.build import question_items
@@ -27,6 +28,9 @@ from ftlab.pipeline.training import (publish_adapter, resolvable_base, save_trai
                                      stage_train_config, target_names, train_ftlab,
                                      trainable_model, training_curves)
 from ftlab.train.objective import SFTObjective
+
+DATA_REPORT = "data_report.txt"
+"""In a training stage's folder: every record its data loading rejected, with file:line."""
 
 VERIFY_QUESTIONS = 8
 """Held-out questions answered by each exported model and by the model it came from."""
@@ -52,6 +56,16 @@ def _data_files(stage: StageConfig) -> str:
         return "no data"
     paths = [data.path] if data.path else [m.path for m in data.mixture]
     return " + ".join(Path(p).name for p in paths)
+
+
+def _report_data(ctx: StageContext, records: LoadReport, details: str) -> dict[str, float]:
+    """Say what the stage's data loading kept and refused (one line, plus the first few
+    rejections with file:line), write every rejection to ``<stage>/data_report.txt`` and
+    return the counts as figures for the report."""
+    (ctx.folder / DATA_REPORT).write_text(f"{records.summary()}\n{details}\n")
+    more = f" (all of them in {ctx.folder / DATA_REPORT})" if records.rejected else ""
+    ctx.log(f"  data: {records.brief()}{more}\n  data: {details}")
+    return {"data/records": records.total, "data/rejected": len(records.rejected)}
 
 
 class _TrainingStage(Stage):
@@ -95,11 +109,12 @@ class SFTStage(_TrainingStage):
         data_cfg, train = ctx.stage.data, stage_train_config(ctx.stage)
         lora, quant = self._lora_and_quant()
         data = prepare_sft(data_cfg, ctx.tokenizer)
+        data_figures = _report_data(ctx, data.records, data.summary())
         pad_id = ctx.tokenizer.pad_token_id
         if ctx.stage.backend == "ftlab":
             model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
             figures = train_ftlab(model, data.train, data.validation, train, ctx.folder, pad_id,
-                                  data_cfg.max_length, SFTObjective(), ctx.progress)
+                                  data_cfg.max_length, SFTObjective(), ctx.progress, ctx.log)
             save_trained_adapter(model, ctx.folder, ctx.model)
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
@@ -107,7 +122,8 @@ class SFTStage(_TrainingStage):
                                             train, lora, target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
             publish_adapter(ctx.model, ctx.folder / "adapter", ctx.folder / "adapter")
-        figures |= {"train_examples": len(data.train), "replay_examples": data.replayed}
+        figures |= {"train_examples": len(data.train), "replay_examples": data.replayed,
+                    **data_figures}
         return _measured(ctx, ctx.model.with_adapter(ctx.folder / "adapter"), figures,
                          training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter")})
 
@@ -129,6 +145,7 @@ class DPOStage(_TrainingStage):
         lora, quant = self._lora_and_quant()
         dpo = ctx.stage.dpo or DPOConfig()
         pairs = prepare_dpo(data_cfg, ctx.tokenizer)
+        data_figures = _report_data(ctx, pairs.load_report, pairs.summary())
         held = heldout_pairs(_eval_config(ctx.stage), ctx.tokenizer, data_cfg.max_length)
         pad_id = ctx.tokenizer.pad_token_id
         if ctx.stage.backend == "ftlab":
@@ -138,7 +155,7 @@ class DPOStage(_TrainingStage):
                                       for p in (pairs.train, pairs.validation))
             figures = train_ftlab(model, train_pairs, val_pairs, train, ctx.folder, pad_id,
                                   data_cfg.max_length, DPOObjective(dpo.beta, dpo.sft_weight),
-                                  ctx.progress)
+                                  ctx.progress, ctx.log)
             save_trained_adapter(model, ctx.folder, ctx.model)
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
@@ -155,7 +172,7 @@ class DPOStage(_TrainingStage):
         new = ctx.model.with_adapter(ctx.folder / "adapter")
         policy = pair_logprobs(load_model(new), held, pad_id)
         figures |= _reward_figures(policy, reference, held, dpo.beta)
-        figures["train_pairs"] = len(pairs.train)
+        figures |= {"train_pairs": len(pairs.train), **data_figures}
         return _measured(ctx, new, figures, training_curves(ctx.folder),
                          {"adapter": str(ctx.folder / "adapter")})
 

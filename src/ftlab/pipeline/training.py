@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -75,12 +76,15 @@ def _quantized(model: nn.Module, ref: ModelRef, names: list[str], quant: QuantCo
 
 def train_ftlab(model: nn.Module, train: list[dict], validation: list[dict],
                 config: TrainConfig, folder: Path, pad_id: int, max_length: int,
-                objective: Objective, progress: bool) -> dict[str, float]:
-    """Train with our Trainer into ``folder/train`` (resumable); returns its figures."""
+                objective: Objective, progress: bool,
+                print_fn: Callable[[str], None] = print) -> dict[str, float]:
+    """Train with our Trainer into ``folder/train`` (resumable; ``print_fn`` hears from
+    which step); returns its figures, skipped steps included."""
     trainer = Trainer(model, train, config, folder / "train", pad_id, validation, max_length,
-                      progress=progress, objective=objective)
+                      progress=progress, objective=objective, print_fn=print_fn)
     result = trainer.fit()
-    return {"steps": result.steps, "final_loss": result.final_loss,
+    return {"steps": result.steps, "skipped_steps": result.skipped_steps,
+            "final_loss": result.final_loss,
             **({"best_val_loss": result.best_val_loss} if result.best_val_loss is not None else {})}
 
 

@@ -18,7 +18,6 @@ file, and the previous good one is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ftlab.errors import ArtifactError
+from ftlab.files import file_manifest, manifest_problems
 
 WEIGHTS, STATE, CONFIG, MANIFEST = ("trainable.safetensors", "state.pt", "config.json",
                                     "manifest.json")
@@ -113,14 +113,6 @@ def restore_training_state(checkpoint: Checkpoint, model: nn.Module,
     ### END SOLUTION
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -151,9 +143,7 @@ def save_checkpoint(root: Path, weights: dict[str, torch.Tensor], state: dict,
     write_file(tmp / WEIGHTS, lambda p: save_file(weights, str(p)))
     write_file(tmp / STATE, lambda p: torch.save(state, p))
     write_file(tmp / CONFIG, lambda p: p.write_text(json.dumps(config, indent=1, default=str)))
-    manifest = {"step": step, "files": {name: {"sha256": _sha256(tmp / name),
-                                                "bytes": (tmp / name).stat().st_size}
-                                         for name in (WEIGHTS, STATE, CONFIG)}}
+    manifest = {"step": step, "files": file_manifest(tmp, [tmp / n for n in (WEIGHTS, STATE, CONFIG)])}
     write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
     os.rename(tmp, final)
     _fsync(root)
@@ -161,25 +151,18 @@ def save_checkpoint(root: Path, weights: dict[str, torch.Tensor], state: dict,
 
 
 def checkpoint_problems(path: Path) -> list[str]:
-    """Why the checkpoint folder ``path`` cannot be trusted (empty when it verifies)."""
+    """Why the checkpoint folder ``path`` cannot be trusted (empty when it verifies). A
+    missing, unreadable or damaged ``manifest.json`` makes it untrusted, like a damaged file."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         return [f"{MANIFEST}: missing or unreadable ({e.__class__.__name__})"]
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return [f"{MANIFEST}: damaged (no 'files' mapping)"]
     problems = [f"{name}: not listed in the manifest" for name in (WEIGHTS, STATE, CONFIG)
                 if name not in files]
-    for name, meta in files.items():
-        file = path / name
-        if not file.is_file():
-            problems.append(f"{name}: missing")
-        elif file.stat().st_size != meta["bytes"]:
-            problems.append(f"{name}: {file.stat().st_size} bytes, the manifest says "
-                            f"{meta['bytes']} (truncated or rewritten)")
-        elif _sha256(file) != meta["sha256"]:
-            problems.append(f"{name}: sha256 differs from the manifest (bytes changed after "
-                            "writing)")
-    return problems
+    return problems + manifest_problems(path, files)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

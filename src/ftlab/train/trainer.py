@@ -14,7 +14,10 @@ checkpoint (M4.4). Run directory::
 
 ``fit()`` on a run directory with checkpoints resumes from the newest good one: the result
 is bit-identical to a run that was never interrupted. Ctrl-C (SIGINT) stops at the end of
-the current step and writes a checkpoint; a second Ctrl-C stops at once.
+the current step and writes a checkpoint; a second Ctrl-C stops at once (``print_fn`` says
+from which step it resumed). A step with a non-finite loss or gradient norm is skipped and
+counted; once more than ``max_skipped_fraction`` of the planned steps are skipped, ``fit()``
+raises :class:`~ftlab.errors.TrainingError` naming the likely cause.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ftlab.config import TrainConfig
-from ftlab.errors import ConfigError
+from ftlab.errors import ConfigError, TrainingError
 from ftlab.quant.memory import rss_mb
 from ftlab.train.batching import BatchLoader, real_tokens
 from ftlab.train.checkpoint import (latest_good_checkpoint, load_checkpoint, prune_checkpoints,
@@ -103,8 +106,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train_examples: list[dict], config: TrainConfig,
                  run_dir: Path | str, pad_id: int, val_examples: list[dict] | None = None,
                  max_length: int | None = None, callbacks: list[Callable[[dict], None]] = (),
-                 progress: bool = True, objective: Objective | None = None) -> None:
+                 progress: bool = True, objective: Objective | None = None,
+                 print_fn: Callable[[str], None] = print) -> None:
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
+        self.print_fn = print_fn
         self.objective = objective or SFTObjective()
         if config.packing and not self.objective.supports_packing:
             raise ConfigError(f"train.packing: the {self.objective.name} objective does not "
@@ -185,6 +190,8 @@ class Trainer:
         self.counters = {k: trainer_state[k] for k in self.counters}
         self.early.load_state_dict(trainer_state["early_stopping"])
         self.log.truncate_after(found.step)
+        self.print_fn(f"resuming from checkpoint {found.path.name} (step {found.step} of "
+                      f"{self.total_steps}); steps before it are not repeated")
         return found.step
 
     # -- checkpoints --------------------------------------------------------------------
@@ -279,6 +286,7 @@ class Trainer:
                     self.scheduler.step()
                 self.counters["step"] += 1
                 self.counters["skipped"] += not outcome.stepped
+                self._refuse_divergence(outcome.stepped)
                 seconds = time.perf_counter() - start
                 loss, step = accumulated.loss, self.counters["step"]
                 self._emit({
@@ -310,6 +318,20 @@ class Trainer:
             interrupted=self._stop_requested and not stopped_early and last < self.total_steps,
             resumed_from=resumed_from, checkpoint=written if written.exists() else None,
             run_dir=self.run_dir)
+
+    def _refuse_divergence(self, stepped: bool) -> None:
+        """Raise :class:`TrainingError` once more than ``max_skipped_fraction`` of the planned
+        steps were skipped (non-finite loss or gradient norm): the run cannot recover, and an
+        adapter that barely trained must not pass for a result."""
+        skipped, limit = self.counters["skipped"], self.config.max_skipped_fraction
+        if stepped or skipped <= limit * self.total_steps:
+            return
+        raise TrainingError(
+            f"{skipped} of {self.counters['step']} steps were skipped for a non-finite loss or "
+            f"gradient norm, more than train.max_skipped_fraction ({limit:g}) of the "
+            f"{self.total_steps} planned. Likely cause: a learning rate too high for this model "
+            f"(train.lr {self.config.lr:g}; try 10x lower) or broken data (examples with no "
+            f"trained tokens, extreme values). Metrics so far: {self.log.path}")
 
     def _memory_mb(self) -> float:
         if self.device.type == "cuda":
