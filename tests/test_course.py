@@ -95,7 +95,7 @@ def test_stub_takes_the_indentation_of_the_code_it_replaces(course, tmp_path):
     path = course / "src/toy/stats.py"
     path.write_text(path.read_text().replace("    ### BEGIN SOLUTION M1.2", "### BEGIN SOLUTION M1.2"))
     release(course, tmp_path / "out")
-    assert '    raise NotImplementedError("M1.2 mean' in (tmp_path / "out/src/toy/stats.py").read_text()
+    assert '    raise NotImplementedError("M1.2 not started: implement mean' in (tmp_path / "out/src/toy/stats.py").read_text()
 
 
 def test_release_refuses_a_stub_that_does_not_parse(course, tmp_path):
@@ -121,14 +121,16 @@ def test_regions_know_their_qualified_name_and_indentation():
     assert regions["M1.1"].qualname == "total" and regions["M1.1"].indent == " " * 4
     assert regions["M1.3"].cell == 1 and regions["M1.3"].path == "notebooks/01_data_prep.ipynb"
     assert regions["M2.2"].stub_line() == (
-        '        raise NotImplementedError("M2.2 Scaler.apply — see notebooks/02_lora.ipynb")')
+        '        raise NotImplementedError("M2.2 not started: implement Scaler.apply in '
+        'src/toy/scale.py (notebooks/02_lora.ipynb explains it)")')
 
 
 def test_stub_keeps_every_other_byte():
     text = "a = 1\r\n    ### BEGIN SOLUTION M1.1\r\n    b = 2\r\n    ### END SOLUTION\r\nc = 3"
     regions, _ = parse_text(text, "m.py", fallback_name="m")
     assert stub_text(text, regions) == (
-        'a = 1\r\n    raise NotImplementedError("M1.1 m — see notebooks/01_data_prep.ipynb")'
+        'a = 1\r\n    raise NotImplementedError("M1.1 not started: implement m in m.py '
+        '(notebooks/01_data_prep.ipynb explains it)")'
         "\r\nc = 3")
 
 
@@ -140,8 +142,9 @@ def test_release_writes_a_complete_learner_project(learner):
         "course.json"}
     assert 'testpaths = ["milestones"]' in (learner / "pyproject.toml").read_text()
     readme = (learner / "README.md").read_text()
-    assert "pytest milestones/ -m m1" in readme and "jupyter lab" in readme
-    assert "progress table" in readme and "**M2.1** `Scaler.__init__`" in readme
+    assert "pytest milestones -m m1" in readme and "jupyter lab" in readme
+    assert readme.index("## Start here") < readme.index("## Grade")
+    assert "check(\"M1.1\")" in readme and "**M2.1** `Scaler.__init__`" in readme
     assert "ftlab course grade" in readme and "| M5.3 | blocked by M2.4 | 0/1 |" in readme
     tasks = json.loads((learner / "course.json").read_text())["tasks"]
     assert [(t["task"], t["graded"]) for t in tasks] == [
@@ -170,7 +173,7 @@ def test_release_clears_notebook_outputs_and_stubs_solution_cells(learner):
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     source = "".join(code[0]["source"])
     assert "total([1.0, 2.0, 3.0]) * 10" not in source
-    assert 'raise NotImplementedError("M1.3 your turn' in source and "print(answer)" in source
+    assert 'raise NotImplementedError("M1.3 not started: implement your turn' in source and "print(answer)" in source
 
 
 def test_release_refuses_non_empty_out_unless_forced(tmp_path):
@@ -207,7 +210,7 @@ def test_learner_edition_grades_every_task_failing_with_a_task_id(learner, tmp_p
     tasks = {t: v for m in grades["milestones"].values() for t, v in m["tasks"].items()}
     assert set(tasks) == {"M1.1", "M1.2", "M2.1", "M2.2", "M2.3"}
     for task in ("M1.1", "M1.2", "M2.1"):
-        assert tasks[task]["status"] == "fail"
+        assert tasks[task]["status"] == "not started"
         assert tasks[task]["first_failure"].startswith(f"NotImplementedError: {task} ")
     # M2.2's check stops on M2.1's stub: blocked, not a failure of M2.2's own
     assert tasks["M2.2"]["status"] == "blocked" and tasks["M2.2"]["blocked_by"] == ["M2.1"]
@@ -215,7 +218,8 @@ def test_learner_edition_grades_every_task_failing_with_a_task_id(learner, tmp_p
     assert grades["points"] == 0 and grades["max_points"] == 4
     assert grades["infrastructure"] == {"passed": 1, "failed": []}
     md = (tmp_path / "grades.md").read_text()
-    assert "| m1 (0/2) | M1.1 | fail | 0/1 | NotImplementedError: M1.1 total" in md
+    assert "| m1 (0/2) | M1.1 | not started | 0/1 | NotImplementedError: M1.1 not started: " \
+           "implement total in src/toy/stats.py" in md
     assert "| M2.2 | blocked by M2.1 | 0/1 |" in md
     assert "Checks of the given code (not graded): 1 passed, 0 failed." in md
     assert json.loads((tmp_path / "grades.json").read_text()) == grades
@@ -238,10 +242,10 @@ def test_grade_exits_zero_when_tasks_fail_and_non_zero_when_grading_breaks(learn
 def test_milestone_run_prints_the_progress_table(learner):
     run = run_suite(learner, ["milestones/m1_toy"])
     table = run.output.split("ftlab progress")[1]
-    assert "m1        0/2 tasks   M1.1 FAIL  M1.2 FAIL" in table
+    assert "m1        0/2 tasks   M1.1 not started  M1.2 not started" in table
     assert "m2" not in table.split("short test summary")[0]
     table = run_suite(learner, ["milestones/m2_toy"]).output.split("ftlab progress")[1]
-    assert "m2        0/2 tasks   M2.1 FAIL  M2.2 blocked by M2.1" in table
+    assert "m2        0/2 tasks   M2.1 not started  M2.2 blocked by M2.1" in table
 
 
 def test_only_another_tasks_stub_blocks_a_check(learner):
@@ -377,7 +381,9 @@ def test_learner_pytest_imports_the_learners_own_src(learner):
     out = subprocess.run([sys.executable, "-m", "pytest", "milestones", "-q", "-m", "m1",
                           "-p", "no:cacheprovider"], cwd=learner, capture_output=True, text=True,
                          timeout=300)
-    assert "NotImplementedError: M1.1 total" in out.stdout, out.stdout[-2000:]
+    # the learner's own stub speaks (one line per task, no traceback)
+    assert "\nM1.1 not started: implement total in src/toy/stats.py" in out.stdout, out.stdout
+    assert "Traceback" not in out.stdout and "def total" not in out.stdout
 
 
 def test_nested_notebooks_are_stubbed_and_leaks_in_cells_are_found(course, tmp_path):

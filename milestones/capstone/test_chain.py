@@ -20,6 +20,10 @@ def _plan(*names: str, changed: str | None = None) -> list[PlannedStage]:
                          f"{n}-v2" if n == changed else f"{n}-v1") for n in names]
 
 
+class StageFailed(Exception):
+    """A fake stage's failure (not a RuntimeError: the stub's NotImplementedError is one)."""
+
+
 class Recorder:
     """Fake stages: each hands on ``ModelRef(<input path>+<stage name>)``; calls are logged."""
 
@@ -30,7 +34,7 @@ class Recorder:
 
     def run(self, stage: PlannedStage, model: ModelRef) -> StageResult:
         if stage.name == self.fail_at:
-            raise RuntimeError(f"stage {stage.name} failed")
+            raise StageFailed(f"stage {stage.name} failed")
         self.ran.append((stage.name, model.path))
         return StageResult(ModelRef(f"{model.path}+{stage.name}"))
 
@@ -89,7 +93,7 @@ def test_c_3_a_changed_stage_reruns_everything_after_it():
 
 def test_c_3_each_result_is_recorded_before_the_next_stage():
     rec = Recorder(fail_at="merge")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StageFailed):
         chain(_plan("sft", "dpo", "merge"), {}, START, rec.run, rec.record)
     expect(rec.recorded == ["sft", "dpo"], task="C.3",
            what="stages recorded when the third stage fails", expected="['sft', 'dpo']",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ftlab import __version__
+from ftlab.course.tasks import mentioned_tasks
 from ftlab.errors import FtlabError
 
 
@@ -185,20 +186,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config_check)
     p = config.add_parser("defaults", help="print every default as a markdown table")
     p.set_defaults(func=_cmd_config_defaults)
-    course = sub.add_parser("course", help="learner edition, grading, grader checks").add_subparsers(
-        dest="course_command", required=True, metavar="ACTION")
-    p = course.add_parser("release", help="write the learner edition (regions stubbed) into OUT")
-    p.add_argument("out", type=Path, metavar="OUT")
+    course = sub.add_parser(
+        "course", help="learner edition, grading, grader checks",
+        description="The course's tools: write the learner edition, grade a learner's project, "
+                    "and prove (maintainers, CI) that every task's checks grade it."
+    ).add_subparsers(dest="course_command", required=True, metavar="ACTION")
+    p = course.add_parser(
+        "release", help="write the learner edition (regions stubbed) into OUT",
+        description="Write the learner edition of the course project into OUT: a complete "
+                    "project whose solution regions are stubs naming the task, file and function "
+                    "to write; notebooks with outputs cleared (each kept beside its cell as an "
+                    "'Expected output' block); milestones, data, configs, pyproject and a "
+                    "learner README that starts with the path through the course.")
+    p.add_argument("out", type=Path, metavar="OUT",
+                   help="folder to write the learner edition into (created; must be empty "
+                        "unless --force, and outside the project)")
     p.add_argument("--project", type=Path, default=Path("."), help="reference project (default: .)")
     p.add_argument("--force", action="store_true", help="replace the contents of a non-empty OUT")
     p.set_defaults(func=_cmd_course_release)
-    p = course.add_parser("grade", help="run the milestone suites; write grades.md and grades.json")
-    p.add_argument("project", type=Path, nargs="?", default=Path("."), metavar="PROJECT")
+    p = course.add_parser(
+        "grade", help="run the milestone suites; write grades.md and grades.json",
+        description="Run every milestone's checks on PROJECT (a learner edition or the "
+                    "reference) and write grades.md and grades.json: one row per task with "
+                    "pass, fail, not started or blocked by another task, its points and the "
+                    "first failing check with its likely cause. Exits 0 when tasks fail; 2 "
+                    "when the checks cannot run.")
+    p.add_argument("project", type=Path, nargs="?", default=Path("."), metavar="PROJECT",
+                   help="the project to grade (default: the current folder)")
     p.add_argument("--out", type=Path, default=None, help="folder for the grade files (default: PROJECT)")
     p.set_defaults(func=_cmd_course_grade)
-    p = course.add_parser("verify", help="prove the graders grade: reference, learner edition, "
-                                         "mutants, leaks, wrong answers")
-    p.add_argument("--project", type=Path, default=Path("."))
+    p = course.add_parser(
+        "verify", help="prove the graders grade: reference, learner edition, mutants, leaks, "
+                       "wrong answers",
+        description="Prove the checks grade: the reference passes every check; the learner "
+                    "edition fails each task on its own stub; each region stubbed alone and "
+                    "each catalogued wrong answer is caught by a check of its task with a "
+                    "teaching message; no solution text leaks; the task dependencies the "
+                    "learner README states are the ones a traced run shows. Exits 1 on any "
+                    "problem.")
+    p.add_argument("--project", type=Path, default=Path("."),
+                   help="reference project (default: .)")
     p.add_argument("--jobs", type=_positive_int, default=2, help="mutants run at a time (default: 2)")
     p.add_argument("--tasks", default=None, metavar="M1.5,M2.2",
                    help="only the mutants (stub and wrong answers) of these tasks")
@@ -214,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     except FtlabError as e:
         for line in str(e).splitlines():
             print(f"ftlab: error: {line}", file=sys.stderr)
+        return 2
+    except NotImplementedError as e:  # a learner edition's task stub: say which, no traceback
+        if not mentioned_tasks(str(e)):
+            raise
+        print(f"ftlab: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         sys.stderr.close()

@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -44,10 +45,18 @@ class ForkServer:
     """
 
     def __init__(self) -> None:
+        # the server's own stderr (import-time notices of the preloaded libraries) goes to a
+        # file, not to the caller's output (a notebook); it is shown if the server dies
+        self._stderr = tempfile.TemporaryFile(mode="w+")
         self._proc = subprocess.Popen(
             [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            env={**os.environ, "PYTHONPATH": ""})
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            bufsize=1, env={**os.environ, "PYTHONPATH": ""})
+
+    def _died(self) -> RuntimeError:
+        self._stderr.seek(0)
+        tail = "".join(self._stderr.readlines()[-20:])
+        return RuntimeError(f"the fork server exited with {self._proc.wait()}:\n{tail}")
 
     def run(self, cwd: Path, path: list[str], env: dict[str, str], args: list[str],
             output: Path, timeout: float) -> int:
@@ -57,12 +66,12 @@ class ForkServer:
         request = {"cwd": str(cwd), "path": path, "env": env, "args": list(args),
                    "output": str(output), "timeout": max(1, int(timeout))}
         if self._proc.poll() is not None:
-            raise RuntimeError(f"the fork server exited with {self._proc.returncode}")
+            raise self._died()
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         reply = self._proc.stdout.readline()
         if not reply:
-            raise RuntimeError(f"the fork server exited with {self._proc.wait()}")
+            raise self._died()
         return int(json.loads(reply)["exit"])
 
     def close(self) -> None:
@@ -74,6 +83,7 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait()
         self._proc.stdout.close()
+        self._stderr.close()
 
     def __enter__(self) -> ForkServer:
         return self

@@ -1,7 +1,9 @@
 """Pytest plugin of the milestone suites: per-test results and the progress table.
 
 Enabled by ``milestones/conftest.py`` (``pytest_plugins = ["ftlab.course.plugin"]``).
-At the end of a run it prints a table of tasks passed per milestone. When the environment
+At the end of a run it prints what to do next for each task that does not pass (one line
+when not started or blocked; the teaching message and the function to edit when failing),
+then the table of tasks passed per milestone. When the environment
 variable ``FTLAB_RESULTS`` names a file, it also writes every test's result there as JSON
 (``ftlab course grade`` and ``verify`` read it): a list of records
 ``{"nodeid", "name", "task", "markers", "outcome", "message", "blocked_by"}``. ``outcome``
@@ -135,27 +137,67 @@ def _blockers(message: str, task: str | None) -> list[str]:
     return [] if task in named else sorted(named, key=sort_key)
 
 
+def _not_started(record: dict) -> bool:
+    """The test stopped on its own task's ``NotImplementedError`` stub."""
+    return (record["outcome"] == "failed" and record["message"].startswith("NotImplementedError")
+            and record["task"] in mentioned_tasks(record["message"]))
+
+
 def task_status(records: list[dict]) -> tuple[str, list[str]]:
-    """A task's status from its (non-skipped) test records: ``pass``, ``fail`` or
-    ``blocked`` (with the blocking tasks). A task with any test failing on its own fails;
-    otherwise any blocked test blocks it."""
-    if any(r["outcome"] == "failed" for r in records):
-        return "fail", []
+    """A task's status from its (non-skipped) test records: ``pass``, ``fail``, ``not
+    started`` (its own stub raised) or ``blocked`` (with the blocking tasks). A task with
+    any test failing on its own otherwise fails; any blocked test blocks the rest."""
+    failed = [r for r in records if r["outcome"] == "failed"]
+    if failed:
+        return ("not started", []) if all(map(_not_started, failed)) else ("fail", [])
     blockers = sorted({b for r in records for b in r.get("blocked_by", [])}, key=sort_key)
     return ("blocked", blockers) if blockers else ("pass", [])
 
 
-def progress(records: list[dict]) -> list[str]:
-    """Lines of the progress table: per milestone, tasks passed and each task's mark
-    (``M4.2 pass``, ``M4.3 FAIL``, ``M5.3 blocked by M2.4``)."""
+MARKS = {"pass": "pass", "fail": "FAIL", "not started": "not started"}
+"""How the progress table shows each status (``blocked`` names its blockers)."""
+
+
+def _by_task(records: list[dict]) -> dict[str, list[dict]]:
     tasks: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r["task"] and r["outcome"] != "skipped":
             tasks[r["task"]].append(r)
+    return {t: tasks[t] for t in sorted(tasks, key=sort_key)}
+
+
+def task_lines(records: list[dict], locations: dict[str, tuple[str, str]] | None = None
+               ) -> list[str]:
+    """What to do next, per task that does not pass: one line for a task not started (its
+    stub's message: what to implement, in which file) or blocked (the task to finish
+    first); for a failing task its teaching message and, from ``locations`` (task ->
+    ``(function, file)``), where to edit."""
+    lines = []
+    for task, records_of in _by_task(records).items():
+        status, blockers = task_status(records_of)
+        if status == "not started":
+            first = next(r for r in records_of if _not_started(r))
+            lines.append(first["message"].splitlines()[0].removeprefix("NotImplementedError: "))
+        elif status == "blocked":
+            lines.append(f"{task} blocked: its checks need {', '.join(blockers)}; finish "
+                         f"{'those' if len(blockers) > 1 else 'that'} first")
+        elif status == "fail":
+            first = next(r for r in records_of if r["outcome"] == "failed")
+            message = first["message"].removeprefix("AssertionError: ").splitlines()[:8]
+            where = (locations or {}).get(task)
+            edit = f" (edit {where[0]} in {where[1]})" if where else ""
+            lines.append(f"{task} FAIL{edit}: {first['name']}")
+            lines += [f"    {line}" for line in message]
+    return lines
+
+
+def progress(records: list[dict]) -> list[str]:
+    """Lines of the progress table: per milestone, tasks passed and each task's mark
+    (``M4.2 pass``, ``M4.3 FAIL``, ``M1.1 not started``, ``M5.3 blocked by M2.4``)."""
     by_milestone: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for task in sorted(tasks, key=sort_key):
-        status, blockers = task_status(tasks[task])
-        mark = {"pass": "pass", "fail": "FAIL"}.get(status) or f"blocked by {', '.join(blockers)}"
+    for task, records_of in _by_task(records).items():
+        status, blockers = task_status(records_of)
+        mark = MARKS.get(status) or f"blocked by {', '.join(blockers)}"
         by_milestone[milestone_of(task)].append((task, mark))
     lines = []
     for milestone in _MILESTONES:
@@ -174,8 +216,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
             r["exercised"] = sorted(_exercised.get(r["nodeid"], ()), key=sort_key)
     lines = progress(records)
     if lines:
+        from ftlab.course.release import task_locations
+
         terminalreporter.write_sep("=", "ftlab progress")
-        for line in lines:
+        for line in [*task_lines(records, task_locations(terminalreporter.config.rootpath)),
+                     *lines]:
             terminalreporter.write_line(line)
     path = os.environ.get(RESULTS_ENV)
     if path:

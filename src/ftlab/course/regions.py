@@ -49,9 +49,12 @@ class Region:
         return f"{self.path}{cell}:{self.begin}"
 
     def stub_line(self) -> str:
-        """The line that replaces the region in the learner edition (no newline)."""
-        return (f'{self.indent}raise NotImplementedError("{self.task} {self.qualname} '
-                f'— see {notebook_of(self.task)}")')
+        """The line that replaces the region in the learner edition (no newline): it names
+        the task, what to implement and where (the file to edit, or the notebook cell), and
+        the notebook that explains it."""
+        where = (f"in {self.path}" if self.cell is None else "in this notebook cell")
+        return (f'{self.indent}raise NotImplementedError("{self.task} not started: implement '
+                f'{self.qualname} {where} ({notebook_of(self.task)} explains it)")')
 
 
 def _qualname(source: str, line: int, fallback: str | None) -> str | None:

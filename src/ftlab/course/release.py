@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from ftlab.course.path import load_path, start_here
 from ftlab.course.regions import Region, find_regions, stub_text
 from ftlab.course.tasks import notebook_of, sort_key
 from ftlab.errors import FtlabError
@@ -29,6 +31,19 @@ MANIFEST = "course.json"
 TESTPATHS = ('testpaths = ["tests", "milestones", "notebooks"]',
              'testpaths = ["milestones"]\npythonpath = ["src"]')
 """The learner's pytest collects only milestones and imports the learner's own src first."""
+ADDOPTS = 'addopts = "--strict-markers --tb=no -rN"'
+
+"""The learner's pytest prints no tracebacks: the course plugin prints one line per task not
+started or blocked and the teaching message of each failing one, then the progress table."""
+NOTEBOOKS_README = """# Notebooks
+
+Open them in order in JupyterLab (`.venv/bin/jupyter lab`): `01_data_prep` … `05_eval_merge`,
+then `06_capstone`. Each opens with learning objectives and a hardware box and runs top to
+bottom on a CPU in about a minute once its tasks are done. Before that, *Run All* still
+reaches the end: a cell that needs an unfinished task says so in one line. After each
+exercise section a `check("M1.1")` cell runs that task's checks; under each cell an
+*Expected output* block shows what the reference solution printed.
+"""
 
 
 class ReleaseError(FtlabError):
@@ -62,18 +77,67 @@ def _clear_out(out: Path) -> None:
             child.unlink()
 
 
+EXPECTED_TAG = "expected-output"
+"""Tag of the markdown cell that shows a code cell's reference output in the learner edition."""
+
+
+def _text(value: str | list[str]) -> str:
+    return "".join(value) if isinstance(value, list) else value
+
+
+def expected_output_cell(outputs: list[dict], key: str) -> dict | None:
+    """A markdown cell showing ``outputs`` (a code cell's reference outputs) as the learner
+    edition's *Expected output*: printed text and plain results as text blocks, images as
+    attachments, markdown as it is; progress widgets, stderr and errors are left out.
+    None when nothing is left to show. ``key`` names the attachments."""
+    parts, attachments = [], {}
+    for n, output in enumerate(outputs):
+        if output["output_type"] == "stream" and output.get("name") == "stdout":
+            parts.append("```text\n" + _text(output["text"]).rstrip("\n") + "\n```")
+        elif output["output_type"] in ("execute_result", "display_data"):
+            data = output.get("data", {})
+            if "image/png" in data:
+                name = f"{key}-{n}.png"
+                attachments[name] = {"image/png": _text(data["image/png"]).strip()}
+                parts.append(f"![expected output]({'attachment:' + name})")
+            elif "text/markdown" in data:
+                parts.append(_text(data["text/markdown"]))
+            elif "text/plain" in data and not any(k.startswith("application/vnd.jupyter.widget")
+                                                  for k in data):
+                parts.append("```text\n" + _text(data["text/plain"]).rstrip("\n") + "\n```")
+    if not parts:
+        return None
+    head = ("> **Expected output** — what the reference solution shows for the cell above "
+            "(yours appears under that cell when you run it):")
+    cell = {"cell_type": "markdown", "metadata": {"tags": [EXPECTED_TAG]},
+            "source": "\n\n".join([head, *parts]).splitlines(keepends=True)}
+    if attachments:
+        cell["attachments"] = attachments
+    return cell
+
+
 def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
+    """Copy a notebook with solution regions stubbed and outputs cleared; each cleared
+    output is kept as an *Expected output* markdown cell right after its cell."""
     nb = json.loads(src.read_text(encoding="utf-8"))
     by_cell = defaultdict(list)
     for region in regions:
         by_cell[region.cell].append(region)
+    cells = []
     for index, cell in enumerate(nb["cells"]):
+        cells.append(cell)
         if cell["cell_type"] != "code":
             continue
+        expected = expected_output_cell(cell.get("outputs", []), f"cell{index}")
+        if expected is not None and "id" in cell:
+            expected["id"] = f"{cell['id']}-expected"
         cell["outputs"], cell["execution_count"] = [], None
         if index in by_cell:
-            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            cell["source"] = stub_text(source, by_cell[index]).splitlines(keepends=True)
+            cell["source"] = stub_text(_text(cell["source"]), by_cell[index]).splitlines(
+                keepends=True)
+        if expected is not None:
+            cells.append(expected)
+    nb["cells"] = cells
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -102,23 +166,18 @@ def _grading_section() -> list[str]:
     ]
 
 
-def learner_readme(regions: list[Region]) -> str:
+def learner_readme(regions: list[Region], path: dict | None = None) -> str:
     """The learner edition's README: how to work, and the tasks by milestone."""
     lines = [
         "# ftlab — learner edition", "",
-        "You build LLM fine-tuning yourself: each task is a function in `src/ftlab/` that",
-        "raises `NotImplementedError` naming its task id and notebook.", "",
+        "You build LLM fine-tuning yourself, offline on a CPU: each task is a function in",
+        "`src/ftlab/` that raises `NotImplementedError` naming its task id, the file and",
+        "function to write, and the notebook that explains it.", "",
         "## Set up (once)", "", "```bash",
         "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && "
         ".venv/bin/pip install -c constraints.txt -e .",
         "```", "",
-        "## Work", "",
-        "1. Start JupyterLab: `.venv/bin/jupyter lab`, open the milestone's notebook in "
-        "`notebooks/` and read it top to bottom.",
-        "2. Implement the task where the notebook points you (search `src/` for its id).",
-        "3. Check a milestone: `.venv/bin/python -m pytest milestones/ -m m1` (m1 … m5, capstone).",
-        "4. Read the progress table printed at the end: tasks passed per milestone. A failing",
-        "   check says which task, what was expected, what came back and the likely cause.", "",
+        *start_here(path), "",
         *_grading_section(), "",
         "## Tasks", "",
     ]
@@ -169,8 +228,12 @@ def release(root: Path, out: Path, force: bool = False) -> list[Region]:
         if TESTPATHS[0] not in text:
             raise ReleaseError(f"{root / 'pyproject.toml'}: expected the line {TESTPATHS[0]} "
                                "(the learner edition keeps only milestones)")
-        pyproject.write_text(text.replace(*TESTPATHS))
-    (out / "README.md").write_text(learner_readme(regions), encoding="utf-8")
+        text = re.sub(r"(?m)^addopts = .*\n", "", text).replace(
+            TESTPATHS[0], f"{TESTPATHS[1]}\n{ADDOPTS}")
+        pyproject.write_text(text)
+    if (out / "notebooks").is_dir():
+        (out / "notebooks/README.md").write_text(NOTEBOOKS_README, encoding="utf-8")
+    (out / "README.md").write_text(learner_readme(regions, load_path(root)), encoding="utf-8")
     manifest = [{"task": r.task, "qualname": r.qualname, "path": r.path,
                  "notebook": notebook_of(r.task), "graded": r.cell is None}
                 for r in sorted(regions, key=lambda r: sort_key(r.task))]
@@ -184,3 +247,16 @@ def graded_tasks(project: Path) -> set[str]:
     if manifest.is_file():
         return {t["task"] for t in json.loads(manifest.read_text())["tasks"] if t["graded"]}
     return {r.task for r in find_regions(project) if r.cell is None}
+
+
+def task_locations(project: Path) -> dict[str, tuple[str, str]]:
+    """``task -> (function, file)`` of every task of a project (a learner edition's
+    manifest, or the reference's regions); empty when neither is readable."""
+    manifest = project / MANIFEST
+    try:
+        if manifest.is_file():
+            return {t["task"]: (t["qualname"], t["path"])
+                    for t in json.loads(manifest.read_text())["tasks"]}
+        return {r.task: (r.qualname, r.path) for r in find_regions(project)}
+    except (FtlabError, OSError, ValueError, KeyError):
+        return {}

@@ -44,9 +44,10 @@ class SuiteRun:
 
 
 def run_suite(project: Path, targets: list[str] = ("milestones",), timeout: float = 1800,
-              trace: list[Region] | None = None, server: ForkServer | None = None) -> SuiteRun:
+              trace: list[Region] | None = None, server: ForkServer | None = None,
+              select: str | None = None) -> SuiteRun:
     """Run ``pytest <targets>`` (folders, files or node ids; default every milestone) in
-    ``project`` with its own ``src`` first on the path.
+    ``project`` with its own ``src`` first on the path; ``select``: a ``-k`` expression.
 
     The project's ``src/`` is put first on ``PYTHONPATH`` so a learner edition imports its
     own ``ftlab``, never the installed reference; the course plugin is loaded explicitly,
@@ -67,7 +68,7 @@ def run_suite(project: Path, targets: list[str] = ("milestones",), timeout: floa
             spans.write_text(json.dumps([{"task": r.task, "path": str(project / r.path),
                                           "begin": r.begin, "end": r.end} for r in trace]))
             env[TRACE_ENV] = str(spans)
-        args = [*targets, "-q", *SUITE_OPTIONS]
+        args = [*targets, "-q", *SUITE_OPTIONS, *(["-k", select] if select else [])]
         if server is not None:
             log = Path(tmp) / "output.txt"
             code = server.run(project, [str(project / "src")], env, args, log, timeout)

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ftlab.course.forkserver import ForkServer
+from ftlab.course.path import PATH_FILE, load_path, traced_needs
 from ftlab.course.regions import (Region, course_files, find_regions, notebook_cells,
                                   read_source, replace_regions)
 from ftlab.course.release import check_project, release
@@ -213,6 +214,12 @@ def verify(root: Path, jobs: int = 2, progress: bool = True,
                                + reference.output[-2000:])
         return report
     _check_reference(reference, report)
+    path = load_path(root)
+    traced = traced_needs(reference.records)
+    if path is not None and traced != path["needs"]:
+        report.problems.append(f"(g) {PATH_FILE} says the checks of {path['needs']} need "
+                               f"other tasks, but the traced reference run shows {traced}: "
+                               "update its 'needs' (the learner README states them)")
 
     with tempfile.TemporaryDirectory(prefix="ftlab-learner-") as tmp:
         learner = Path(tmp) / "learner"

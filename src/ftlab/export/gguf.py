@@ -13,11 +13,14 @@ nothing fails until the logits are compared, which is why :func:`verify_gguf` ex
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,6 +361,20 @@ class GGUFCheck:
 
 
 @torch.no_grad()
+@contextmanager
+def _no_conversion_bar() -> Iterator[None]:
+    """Silence transformers' "Converting and de-quantizing GGUF tensors" bar (it ignores
+    ``disable_progress_bar``) for a load that takes well under a second here."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def verify_gguf(path: str | Path, reference_model: PreTrainedModel,
                 tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                 max_new_tokens: int = 16) -> GGUFCheck:
@@ -381,8 +398,9 @@ def verify_gguf(path: str | Path, reference_model: PreTrainedModel,
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such GGUF file; write it with export_gguf first")
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                  dtype=torch.float32).eval()
+    with _no_conversion_bar():
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                      dtype=torch.float32).eval()
     rebuilt = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     reference_model.eval()
     stop = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

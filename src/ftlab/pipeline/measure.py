@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ftlab.align.objective import pair_logprobs
@@ -39,7 +40,8 @@ def heldout_pairs(config: EvalConfig, tokenizer: PreTrainedTokenizerBase,
 
 
 def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalConfig,
-            pairs: list[dict]) -> tuple[dict[str, float], list[dict[str, str]]]:
+            pairs: list[dict], progress: bool = False
+            ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """(figures, sample replies) of ``model`` (eval mode, no gradients).
 
     Figures: ``exact_match``, ``polite``, ``ended`` (shares of held-out questions),
@@ -47,22 +49,29 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     and ``cloze/macro`` (plain-form completion of the held-out facts), ``general_ppl`` and
     ``preference_accuracy`` (share of held-out style pairs whose chosen reply is likelier
     than the rejected one). Samples: ``{question, reply, kind, correct}`` for the first
-    question of each kind in :data:`SAMPLE_KINDS`.
+    question of each kind in :data:`SAMPLE_KINDS`. ``progress``: a bar over the four parts
+    (answers, perplexity, cloze, preferences) with its ETA.
     """
     model.eval()
+    bar = tqdm(total=4, desc="measure", unit="part", disable=not progress)
     items = [item for name in config.sets for item in question_items(data_dir(), name)]
     result = evaluate_questions(model, tokenizer, items, config.max_new_tokens, config.batch_size)
+    bar.update()
     figures = {"exact_match": result.rate("correct"), "polite": result.rate("polite"),
                "ended": result.rate("ended"), "general_ppl": general_perplexity(model, tokenizer)}
+    bar.update()
     figures |= {f"exact_match/{kind}": rate
                 for kind, rate in rates_by_kind(result.facts, result.correct).items()}
     cloze = eval_items(data_dir())["cloze_heldout"]
     figures |= {f"cloze/{kind}": rate for kind, rate in
                 rates_by_kind([f for f, _ in cloze], cloze_correct(model, tokenizer, cloze)).items()}
+    bar.update()
     style = [p for p in pairs if p["pair_type"] == "style"]
     if style:
         chosen, rejected = pair_logprobs(model, style, tokenizer.pad_token_id)
         figures["preference_accuracy"] = float((chosen > rejected).double().mean())
+    bar.update()
+    bar.close()
     first = {}
     for fact, question, reply, right in zip(result.facts, result.questions, result.replies,
                                             result.correct):

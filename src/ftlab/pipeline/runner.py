@@ -316,7 +316,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
         print_fn("measuring the base model ...")
         eval_config = next((s.eval for s in config.stages if s.eval), None) or EvalConfig()
         figures, samples = measure(load_model(start, config.model.dtype), tokenizer, eval_config,
-                                   heldout_pairs(eval_config, tokenizer))
+                                   heldout_pairs(eval_config, tokenizer), progress)
         state["baseline"] = {"model": config.model.model_dump(mode="json"), "metrics": figures,
                              "samples": samples}
         write_state(run_dir, state)

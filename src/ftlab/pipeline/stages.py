@@ -44,7 +44,8 @@ def _measured(ctx: StageContext, model: ModelRef, figures: dict[str, float],
               curves: dict | None = None, artifacts: dict | None = None) -> StageResult:
     """A stage result with ``model`` measured (figures prefixed ``eval/``)."""
     evaluated, samples = measure(load_model(model), ctx.tokenizer, _eval_config(ctx.stage),
-                                 heldout_pairs(_eval_config(ctx.stage), ctx.tokenizer))
+                                 heldout_pairs(_eval_config(ctx.stage), ctx.tokenizer),
+                                 ctx.progress)
     return StageResult(model, {**figures, **{f"eval/{k}": v for k, v in evaluated.items()}},
                        artifacts or {}, curves or {}, samples)
 

@@ -1,0 +1,200 @@
+"""The course notebooks' helpers: check a task from the notebook, and Run All past unfinished
+tasks.
+
+Each notebook's first cell calls :func:`setup_notebook`; each exercise section ends with a
+``check("M1.1")`` cell::
+
+    from ftlab.course.notebook import check, setup_notebook
+    setup_notebook()
+    ...
+    check("M1.1")          # this task's checks: pass, or what to do next
+    check("m1")            # the whole milestone, with its progress table
+
+After :func:`setup_notebook`, a cell that stops on an unfinished task's stub (its
+``NotImplementedError`` names the task) prints one line saying so instead of a traceback,
+and the notebook goes on; a later cell that needs a name such a cell would have made says
+which, in one line, too. Any other error stops the notebook as usual.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import re
+from pathlib import Path
+
+from ftlab.course.plugin import progress, task_lines, task_status
+from ftlab.course.tasks import TASK_ID, mentioned_tasks, milestone_of, sort_key
+
+_MILESTONE = re.compile(r"^(m[1-9]|capstone)$")
+_skipped: dict[str, str] = {}
+"""Names a skipped cell would have made -> why it was skipped (shared by every cell)."""
+_server = None
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The course project being worked on: the nearest folder at or above ``start`` (default:
+    the working directory, e.g. ``notebooks/``) with ``milestones/`` and ``src/ftlab/``, else
+    the checkout this ``ftlab`` was imported from."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "milestones").is_dir() and (folder / "src" / "ftlab").is_dir():
+            return folder
+    return Path(__file__).resolve().parents[3]
+
+
+def _fork_server():
+    """One pre-importing pytest runner per kernel (see :mod:`ftlab.course.forkserver`), so a
+    check costs the task's tests, not an interpreter start."""
+    global _server
+    if _server is None:
+        from ftlab.course.forkserver import ForkServer
+
+        _server = ForkServer()
+        atexit.register(_server.close)
+    return _server
+
+
+def _suites(project: Path, milestones: set[str]) -> list[str]:
+    """The milestone folders (``milestones/m1_data``, ``milestones/capstone``) to collect."""
+    folders = [p for p in sorted((project / "milestones").iterdir()) if p.is_dir()
+               and (p.name == "capstone" or p.name.split("_")[0] in milestones)
+               and ("capstone" in milestones or p.name != "capstone")]
+    return [f"milestones/{p.name}" for p in folders]
+
+
+def check(*what: str, project: Path | None = None) -> bool:
+    """Run the checks of tasks (``"M1.1"``) or whole milestones (``"m1"``, ``"capstone"``)
+    and print the verdict: ``M1.1 pass (18 checks)``, or one line for a task not started or
+    blocked, or a failing task's teaching message and the function to edit; for a milestone
+    also its progress table. Works from any folder of the project (``notebooks/`` too).
+    Returns whether every task named passed."""
+    from ftlab.course.release import task_locations
+    from ftlab.course.runner import run_suite
+
+    bad = [w for w in what if not (TASK_ID.match(w) or _MILESTONE.match(w))]
+    if not what or bad:
+        raise ValueError(f"check() takes task ids such as 'M1.1' or milestones such as 'm1' "
+                         f"or 'capstone' (got {', '.join(map(repr, bad)) or 'nothing'})")
+    project = project or project_root()
+    tasks = [w for w in what if TASK_ID.match(w)]
+    milestones = {w for w in what if _MILESTONE.match(w)} | {milestone_of(t) for t in tasks}
+    select = None
+    if not any(_MILESTONE.match(w) for w in what):
+        select = " or ".join(f"test_{t.replace('.', '_').lower()}_" for t in tasks)
+    run = run_suite(project, _suites(project, milestones), select=select, server=_fork_server())
+    if run.broken:
+        print(f"the checks could not run ({run.broken}):")
+        print("\n".join(run.output.strip().splitlines()[-12:]))
+        return False
+    records = [r for r in run.records if r["task"] and (not tasks or r["task"] in tasks
+                                                        or milestone_of(r["task"]) in what)]
+    by_task: dict[str, list[dict]] = {}
+    for r in records:
+        if r["outcome"] != "skipped":
+            by_task.setdefault(r["task"], []).append(r)
+    for task in tasks:
+        if task not in by_task:
+            print(f"{task}: no checks found in {project / 'milestones'}")
+    lines = task_lines(records, task_locations(project))
+    for task in sorted(by_task, key=sort_key):
+        if task_status(by_task[task])[0] == "pass":
+            print(f"{task} pass ({len(by_task[task])} checks)")
+    for line in lines:
+        print(line)
+    if len(tasks) < len(what):
+        print("\n".join(progress(records)))
+    return bool(by_task) and all(task_status(r)[0] == "pass" for r in by_task.values()) \
+        and all(t in by_task for t in tasks)
+
+
+# -- Run All past unfinished tasks --------------------------------------------------------
+
+def _made_names(tree: ast.AST) -> set[str]:
+    """Names a cell binds (assignments, loops, imports, definitions, ``with ... as``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def unfinished(error: BaseException, names: list[str]) -> None:
+    """Called by a guarded cell that raised ``error``: say in one line why the cell stopped
+    when an unfinished task (or a name such a cell would have made) is the reason, and
+    remember ``names`` (what the cell would have made) for later cells; re-raise otherwise."""
+    if isinstance(error, NotImplementedError) and mentioned_tasks(str(error)):
+        why = str(error).splitlines()[0]
+        print(f"skipped: needs {why}")
+    elif isinstance(error, NameError) and getattr(error, "name", None) in _skipped:
+        why = _skipped[error.name]
+        print(f"skipped: needs `{error.name}` from a cell above that stopped ({why})")
+    else:
+        raise error
+    for name in names:
+        _skipped.setdefault(name, why)
+
+
+class _GuardCells(ast.NodeTransformer):
+    """Wrap each cell in ``try: ... except (NotImplementedError, NameError)`` that hands the
+    error to :func:`unfinished`; a last expression stays last, so its value still shows."""
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        body = node.body
+        if not body or any(isinstance(s, ast.ImportFrom) and s.module == "__future__"
+                           for s in body):
+            return node
+        names = sorted(_made_names(node))
+        last = body[-1] if isinstance(body[-1], ast.Expr) else None
+        guarded = body[:-1] if last else body
+        tree = ast.parse(
+            "try:\n    pass\n"
+            "except (NotImplementedError, NameError) as __ftlab_error:\n"
+            f"    __import__('ftlab.course.notebook', fromlist=['_']).unfinished("
+            f"__ftlab_error, {names!r})\n"
+            "    __ftlab_skip = True\n"
+            "else:\n    __ftlab_skip = False\n")
+        guard = tree.body[0]
+        guard.body = guarded or [ast.Pass()]
+        out = [guard]
+        if last is not None:  # shown only when the cell ran to it
+            tail = ast.parse("None if __ftlab_skip else None").body[0]
+            tail.value.orelse = _guarded_value(last.value, names)
+            out.append(tail)
+        node.body = out
+        return ast.fix_missing_locations(node)
+
+
+def _guarded_value(value: ast.expr, names: list[str]) -> ast.expr:
+    """``value`` evaluated with the same guard (a call of a lambda, so it stays an
+    expression and IPython still displays the result)."""
+    call = ast.parse(f"__import__('ftlab.course.notebook', fromlist=['_'])._value("
+                     f"lambda: None, {names!r})", mode="eval").body
+    call.args[0].body = value
+    return call
+
+
+def _value(thunk, names: list[str]):
+    """The value of a cell's last expression, or None (said in one line) when it stops on
+    an unfinished task."""
+    try:
+        return thunk()
+    except (NotImplementedError, NameError) as error:
+        unfinished(error, names)
+        return None
+
+
+def setup_notebook() -> None:
+    """Let Run All go past cells that need an unfinished task (see the module doc).
+    Idempotent; does nothing outside IPython."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    if not any(isinstance(t, _GuardCells) for t in shell.ast_transformers):
+        shell.ast_transformers.append(_GuardCells())
