@@ -23,8 +23,8 @@ import atexit
 import re
 from pathlib import Path
 
-from ftlab.course.plugin import progress, task_lines, task_status
-from ftlab.course.tasks import TASK_ID, mentioned_tasks, milestone_of, sort_key
+from ftlab.course.plugin import by_task, progress, task_lines, task_status
+from ftlab.course.tasks import TASK_ID, mentioned_tasks, milestone_of
 
 _MILESTONE = re.compile(r"^(m[1-9]|capstone)$")
 _skipped: dict[str, str] = {}
@@ -57,10 +57,8 @@ def _fork_server():
 
 def _suites(project: Path, milestones: set[str]) -> list[str]:
     """The milestone folders (``milestones/m1_data``, ``milestones/capstone``) to collect."""
-    folders = [p for p in sorted((project / "milestones").iterdir()) if p.is_dir()
-               and (p.name == "capstone" or p.name.split("_")[0] in milestones)
-               and ("capstone" in milestones or p.name != "capstone")]
-    return [f"milestones/{p.name}" for p in folders]
+    return [f"milestones/{p.name}" for p in sorted((project / "milestones").iterdir())
+            if p.is_dir() and p.name.split("_")[0] in milestones]
 
 
 def check(*what: str, project: Path | None = None) -> bool:
@@ -87,25 +85,19 @@ def check(*what: str, project: Path | None = None) -> bool:
         print(f"the checks could not run ({run.broken}):")
         print("\n".join(run.output.strip().splitlines()[-12:]))
         return False
-    records = [r for r in run.records if r["task"] and (not tasks or r["task"] in tasks
-                                                        or milestone_of(r["task"]) in what)]
-    by_task: dict[str, list[dict]] = {}
-    for r in records:
-        if r["outcome"] != "skipped":
-            by_task.setdefault(r["task"], []).append(r)
-    for task in tasks:
-        if task not in by_task:
-            print(f"{task}: no checks found in {project / 'milestones'}")
-    lines = task_lines(records, task_locations(project))
-    for task in sorted(by_task, key=sort_key):
-        if task_status(by_task[task])[0] == "pass":
-            print(f"{task} pass ({len(by_task[task])} checks)")
-    for line in lines:
+    records = [r for r in run.records if r["task"] in tasks or milestone_of(r["task"] or "") in what]
+    grouped = by_task(records)
+    missing = [t for t in tasks if t not in grouped]
+    for task in missing:
+        print(f"{task}: no checks found in {project / 'milestones'}")
+    passed = [t for t, rs in grouped.items() if task_status(rs)[0] == "pass"]
+    for task in passed:
+        print(f"{task} pass ({len(grouped[task])} checks)")
+    for line in task_lines(records, task_locations(project)):
         print(line)
     if len(tasks) < len(what):
         print("\n".join(progress(records)))
-    return bool(by_task) and all(task_status(r)[0] == "pass" for r in by_task.values()) \
-        and all(t in by_task for t in tasks)
+    return bool(grouped) and not missing and len(passed) == len(grouped)
 
 
 # -- Run All past unfinished tasks --------------------------------------------------------

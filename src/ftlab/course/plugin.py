@@ -158,7 +158,8 @@ MARKS = {"pass": "pass", "fail": "FAIL", "not started": "not started"}
 """How the progress table shows each status (``blocked`` names its blockers)."""
 
 
-def _by_task(records: list[dict]) -> dict[str, list[dict]]:
+def by_task(records: list[dict]) -> dict[str, list[dict]]:
+    """The non-skipped records of task tests, grouped by task, tasks in course order."""
     tasks: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r["task"] and r["outcome"] != "skipped":
@@ -173,7 +174,7 @@ def task_lines(records: list[dict], locations: dict[str, tuple[str, str]] | None
     first); for a failing task its teaching message and, from ``locations`` (task ->
     ``(function, file)``), where to edit."""
     lines = []
-    for task, records_of in _by_task(records).items():
+    for task, records_of in by_task(records).items():
         status, blockers = task_status(records_of)
         if status == "not started":
             first = next(r for r in records_of if _not_started(r))
@@ -195,7 +196,7 @@ def progress(records: list[dict]) -> list[str]:
     """Lines of the progress table: per milestone, tasks passed and each task's mark
     (``M4.2 pass``, ``M4.3 FAIL``, ``M1.1 not started``, ``M5.3 blocked by M2.4``)."""
     by_milestone: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for task, records_of in _by_task(records).items():
+    for task, records_of in by_task(records).items():
         status, blockers = task_status(records_of)
         mark = MARKS.get(status) or f"blocked by {', '.join(blockers)}"
         by_milestone[milestone_of(task)].append((task, mark))

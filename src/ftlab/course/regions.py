@@ -168,6 +168,12 @@ def read_source(path: Path) -> str:
         raise RegionError(f"{path}: not valid UTF-8 (byte {e.start})") from None
 
 
+def source_text(value: str | list[str]) -> str:
+    """A notebook field's text (``source``, an output's ``text``): nbformat stores it as one
+    string or as a list of lines."""
+    return "".join(value) if isinstance(value, list) else value
+
+
 def notebook_cells(path: Path) -> list[tuple[int, str]]:
     """(index, source) of each code cell of a notebook; RegionError if it is not one."""
     try:
@@ -175,7 +181,7 @@ def notebook_cells(path: Path) -> list[tuple[int, str]]:
         cells = nb["cells"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise RegionError(f"{path}: not a readable notebook ({e})") from None
-    return [(i, "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+    return [(i, source_text(c["source"]))
             for i, c in enumerate(cells) if c.get("cell_type") == "code"]
 
 

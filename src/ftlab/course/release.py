@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ftlab.course.path import load_path, start_here
-from ftlab.course.regions import Region, find_regions, stub_text
+from ftlab.course.regions import Region, find_regions, source_text, stub_text
 from ftlab.course.tasks import notebook_of, sort_key
 from ftlab.errors import FtlabError
 
@@ -32,7 +32,6 @@ TESTPATHS = ('testpaths = ["tests", "milestones", "notebooks"]',
              'testpaths = ["milestones"]\npythonpath = ["src"]')
 """The learner's pytest collects only milestones and imports the learner's own src first."""
 ADDOPTS = 'addopts = "--strict-markers --tb=no -rN"'
-
 """The learner's pytest prints no tracebacks: the course plugin prints one line per task not
 started or blocked and the teaching message of each failing one, then the progress table."""
 NOTEBOOKS_README = """# Notebooks
@@ -81,10 +80,6 @@ EXPECTED_TAG = "expected-output"
 """Tag of the markdown cell that shows a code cell's reference output in the learner edition."""
 
 
-def _text(value: str | list[str]) -> str:
-    return "".join(value) if isinstance(value, list) else value
-
-
 def expected_output_cell(outputs: list[dict], key: str) -> dict | None:
     """A markdown cell showing ``outputs`` (a code cell's reference outputs) as the learner
     edition's *Expected output*: printed text and plain results as text blocks, images as
@@ -93,18 +88,18 @@ def expected_output_cell(outputs: list[dict], key: str) -> dict | None:
     parts, attachments = [], {}
     for n, output in enumerate(outputs):
         if output["output_type"] == "stream" and output.get("name") == "stdout":
-            parts.append("```text\n" + _text(output["text"]).rstrip("\n") + "\n```")
+            parts.append("```text\n" + source_text(output["text"]).rstrip("\n") + "\n```")
         elif output["output_type"] in ("execute_result", "display_data"):
             data = output.get("data", {})
             if "image/png" in data:
                 name = f"{key}-{n}.png"
-                attachments[name] = {"image/png": _text(data["image/png"]).strip()}
+                attachments[name] = {"image/png": source_text(data["image/png"]).strip()}
                 parts.append(f"![expected output]({'attachment:' + name})")
             elif "text/markdown" in data:
-                parts.append(_text(data["text/markdown"]))
+                parts.append(source_text(data["text/markdown"]))
             elif "text/plain" in data and not any(k.startswith("application/vnd.jupyter.widget")
                                                   for k in data):
-                parts.append("```text\n" + _text(data["text/plain"]).rstrip("\n") + "\n```")
+                parts.append("```text\n" + source_text(data["text/plain"]).rstrip("\n") + "\n```")
     if not parts:
         return None
     head = ("> **Expected output** — what the reference solution shows for the cell above "
@@ -133,7 +128,7 @@ def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
             expected["id"] = f"{cell['id']}-expected"
         cell["outputs"], cell["execution_count"] = [], None
         if index in by_cell:
-            cell["source"] = stub_text(_text(cell["source"]), by_cell[index]).splitlines(
+            cell["source"] = stub_text(source_text(cell["source"]), by_cell[index]).splitlines(
                 keepends=True)
         if expected is not None:
             cells.append(expected)

@@ -73,6 +73,11 @@ def mix(sources: list[tuple[str | Path, float]], seed: int = 0, total: int | Non
     return out, report
 
 
+def records_of(report: LoadReport | MixtureReport) -> LoadReport:
+    """The account of every record read: the report itself, or a mixture's merged one."""
+    return report.load if isinstance(report, MixtureReport) else report
+
+
 def load_data(config: DataConfig) -> tuple[list[Example], LoadReport | MixtureReport]:
     """The examples a data config names: one file, or a mixture of files."""
     if config.mixture:

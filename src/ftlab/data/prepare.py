@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from ftlab.config import DataConfig
 from ftlab.data.labels import tokenize_with_labels
 from ftlab.data.loading import LoadReport
-from ftlab.data.mixture import MixtureReport, load_data
+from ftlab.data.mixture import MixtureReport, load_data, records_of
 from ftlab.data.quality import FilterReport, quality_filter
 from ftlab.data.replay import replay_count, replay_examples
 from ftlab.data.split import train_val_split
@@ -38,7 +38,7 @@ class PreparedData:
     @property
     def records(self) -> LoadReport:
         """The account of every record read (for a mixture, of all its files)."""
-        return self.load_report.load if isinstance(self.load_report, MixtureReport) else self.load_report
+        return records_of(self.load_report)
 
     def summary(self) -> str:
         replay = f", {self.replayed} of them general-text replay" if self.replayed else ""
@@ -57,7 +57,7 @@ def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
         raise ConfigError("data.format: preference records ({prompt, chosen, rejected}) are for "
                           "dpo stages; an sft stage reads conversations (messages, alpaca, ...)")
     examples, load_report = load_data(config)
-    records = load_report.load if isinstance(load_report, MixtureReport) else load_report
+    records = records_of(load_report)
     records.refuse_above(config.max_rejected_fraction)
     conversations = [e.conversation for e in examples]
     if config.dedupe:

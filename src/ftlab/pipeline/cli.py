@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ftlab.config import PipelineConfig, load_config
 from ftlab.paths import default_config
-from ftlab.pipeline.runner import plan, read_state, reusable, run_pipeline, to_run
+from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
+                                   run_pipeline, to_run)
 
 
 def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | None
@@ -26,15 +27,17 @@ def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | Non
     return config.model_copy(update=update)
 
 
-def plan_text(config: PipelineConfig, source: Path | None = None, check_model: bool = True
-              ) -> str:
+def plan_text(config: PipelineConfig, source: Path | None = None, check_model: bool = True,
+              planned: list[PlannedStage] | None = None,
+              reuse: tuple[dict[str, StageRecord], dict[str, str]] | None = None) -> str:
     """The printed plan: base model, run folder and one line per stage, each marked as the
     run will treat it: reused (completed, outputs verified) or run, and why.
-    ``check_model=False`` plans a config whose model is not on this machine."""
-    planned = plan(config, source, check_model)
+    ``check_model=False`` plans a config whose model is not on this machine; ``planned``
+    and ``reuse`` (:func:`plan`, :func:`reusable`) are computed when not given."""
+    planned = planned if planned is not None else plan(config, source, check_model)
     run_dir = Path(config.run_dir)
     state = read_state(run_dir)
-    done, refused = reusable(state, run_dir)
+    done, refused = reuse if reuse is not None else reusable(state, run_dir)
     try:
         will_run = set(to_run(planned, done))
     except NotImplementedError:  # the learner edition before C.3 is done
@@ -71,11 +74,13 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
     path = config_path or default_config()
     config = with_overrides(load_config(path), run_dir, seed)
     print(f"config: {path}")
-    print(plan_text(config, path))
+    planned = plan(config, path)
+    reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir))
+    print(plan_text(config, planned=planned, reuse=reuse))
     if dry_run:
         print("dry run: the config is valid; nothing was loaded or trained")
         return 0
-    summary = run_pipeline(config, progress=progress, source=path)
+    summary = run_pipeline(config, progress=progress, source=path, planned=planned, reuse=reuse)
     print()
     print(summary["summary_table"])
     print()

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ftlab.pipeline.context import StageContext, StageResult
 
 
+SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo")
+"""The optional sections of a stage config, in the order problems are reported."""
+
+
 class Stage:
     """Base class of pipeline stages.
 
@@ -49,7 +53,7 @@ class Stage:
         reads = ", ".join(self.sections) or "no section"
         problems = [f"{s}: this section is not used by a {self.kind} stage (it reads {reads}); "
                     "remove it or move it to the stage that needs it"
-                    for s in ("data", "lora", "quant", "train", "eval", "export", "dpo")
+                    for s in SECTIONS
                     if getattr(self.config, s) is not None and s not in self.sections]
         if self.needs_adapter and not has_adapter:
             problems.append(f"a {self.kind} stage needs a trained adapter before it: put an "

@@ -33,7 +33,7 @@ from ftlab.files import file_manifest, manifest_problems, sha256_file
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     load_model_tokenizer, model_problem)
 from ftlab.pipeline.measure import heldout_pairs, measure
-from ftlab.pipeline.registry import Stage, stage_for
+from ftlab.pipeline.registry import SECTIONS, Stage, stage_for
 
 STATE = "state.json"
 STAGE_MARKER = ".ftlab-stage.json"
@@ -108,14 +108,11 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
     return planned
 
 
-_SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo")
-
-
 def _section_of(problem: str) -> tuple[str, ...]:
     """The config keys a stage's problem names first (``export.formats: ...`` ->
     ``("export", "formats")``), to point at its line; empty when it names none."""
     head = problem.split(":", 1)[0].split(".")
-    if head[0] in _SECTIONS and len(head) <= 2 and all(h.isidentifier() for h in head):
+    if head[0] in SECTIONS and len(head) <= 2 and all(h.isidentifier() for h in head):
         return tuple(head)
     return ()
 
@@ -288,23 +285,27 @@ def quiet_loading() -> None:
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True,
-                 print_fn: Callable[[str], None] = print, source: Path | None = None) -> dict:
+                 print_fn: Callable[[str], None] = print, source: Path | None = None,
+                 planned: list[PlannedStage] | None = None,
+                 reuse: tuple[dict[str, StageRecord], dict[str, str]] | None = None) -> dict:
     """Plan, measure the starting model, chain the stages, write the report.
 
-    ``source``: the config file, for file:line in plan errors. ``print_fn`` gets one line
+    ``source``: the config file, for file:line in plan errors. ``planned`` and ``reuse``:
+    :func:`plan` and :func:`reusable` already computed by the caller (``ftlab run`` prints
+    them first), so data files and outputs are not hashed twice. ``print_fn`` gets one line
     per event: a stage starting, its data summary, a resume, a stage whose recorded outputs
     changed. Returns the run summary (as ``metrics.json``): ``baseline`` figures and each
     stage's result, in order, plus ``seconds_this_run`` and ``reused_stages``.
     """
     from ftlab.pipeline.report import write_report
 
-    planned = plan(config, source)
+    planned = planned if planned is not None else plan(config, source)
     quiet_loading()
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     state = read_state(run_dir)
-    done, refused = reusable(state, run_dir)
+    done, refused = reuse if reuse is not None else reusable(state, run_dir)
     for name, why in refused.items():
         if any(p.name == name for p in planned):
             print_fn(f"stage {name}: its recorded outputs changed ({why}); it runs again, and "
