@@ -7,6 +7,7 @@ Every user-facing failure is an :class:`~ftlab.errors.FtlabError`, printed as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ftlab.pipeline.cli import run_command
 
     return run_command(args.config, dry_run=args.dry_run, run_dir=args.run_dir, seed=args.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, nproc=args.nproc)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="override the run seed and every stage's train.seed and data.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="train with N data-parallel processes on this machine (one per GPU; "
+                        "on CPU the cores are shared); launches torchrun for you (default: 1)")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("doctor", help="versions, CPU/CUDA, embedded model check, known traps")
     p.set_defaults(func=_cmd_doctor)
@@ -239,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FtlabError as e:
-        for line in str(e).splitlines():
-            print(f"ftlab: error: {line}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # of several processes, rank 0 speaks
+            for line in str(e).splitlines():
+                print(f"ftlab: error: {line}", file=sys.stderr)
         return 2
     except NotImplementedError as e:  # a learner edition's task stub: say which, no traceback
         if not mentioned_tasks(str(e)):

@@ -334,7 +334,9 @@ class TrainConfig(_Section):
         ge=1,
         description="Stop after this many optimizer steps; overrides `epochs` when set.",
     )
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    batch_size: int = Field(8, ge=1, description=(
+        "Examples per micro-batch, over all processes when several train together (each "
+        "takes batch_size / processes; a multiple of the process count)."))
     grad_accum: int = Field(
         1,
         ge=1,
@@ -377,6 +379,13 @@ class TrainConfig(_Section):
         description="'adamw' (torch) or 'adamw8bit' (bitsandbytes 8-bit states, GPU memory saver).",
     )
     seed: int = Field(0, ge=0, description="Seed of adapter init, dropout and batch order.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description=("With several processes (torchrun, accelerate launch, ftlab run --nproc): "
+                     "ddp keeps the whole model in each and averages gradients; fsdp (FSDP2) "
+                     "shards parameters, gradients and optimizer state over them; auto is fsdp "
+                     "when accelerate launch is configured for FSDP, else ddp. Ignored alone."),
+    )
     max_skipped_fraction: float = Field(
         0.1,
         ge=0,

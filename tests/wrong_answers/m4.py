@@ -111,4 +111,15 @@ WRONG_ANSWERS = [
                     self.bad_evals += 1
                     return False
                 '''),
+    WrongAnswer(task="M4.6", label="dividing by the local count (averaging the processes' means)",
+                message_contains=("each process divided by its own trained tokens",),
+                code=variant(ROOT, "M4.6", "return total, total / world",
+                             "return total, local_targets")),
+    WrongAnswer(task="M4.6", label="forgetting that DDP averages gradients (update off by N)",
+                message_contains=("off by the world size",),
+                code=variant(ROOT, "M4.6", "return total, total / world", "return total, total")),
+    WrongAnswer(task="M4.6", label="the count not all-reduced",
+                message_contains=("was not all-reduced",),
+                code=variant(ROOT, "M4.6", "total = int(round(all_sum([local_targets])[0]))",
+                             "total = local_targets")),
 ]

@@ -16,8 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ftlab.align.logprobs import response_logprobs
-from ftlab.align.loss import dpo_loss
+from ftlab.align.loss import DPOOutput, dpo_loss
 from ftlab.data.collate import collate
+from ftlab.data.labels import IGNORE_INDEX
+from ftlab.train.distributed import all_sum, micro_steps, ranks
 from ftlab.train.step import Accumulated, count_targets
 
 REFERENCE_KEYS = ("reference_chosen", "reference_rejected")
@@ -70,6 +72,13 @@ def add_reference_logprobs(model: nn.Module, examples: list[dict], pad_id: int,
             for e, c, r in zip(examples, chosen, rejected)]
 
 
+def _has_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per pair of a :func:`collate_pairs` micro-batch: whether its chosen reply has a
+    trained token (a placeholder pair, :class:`~ftlab.train.BatchLoader`, has none)."""
+    chosen = batch["labels"][:len(batch["input_ids"]) // 2, 1:]
+    return (chosen != IGNORE_INDEX).any(dim=1).to(chosen.device)
+
+
 class _Tally:
     """Sums of a step's or an evaluation's pair figures."""
 
@@ -84,6 +93,12 @@ class _Tally:
         self.nll -= float(chosen_logps)
         self.correct += float((out.margins > 0).sum())
         self.margin += float(out.margins.sum())
+
+    def merge_processes(self) -> None:
+        """Sum the tallies of all data-parallel processes into each (no-op alone)."""
+        fields = ("pairs", "tokens", "dpo", "nll", "correct", "margin")
+        for name, total in zip(fields, all_sum([getattr(self, f) for f in fields])):
+            setattr(self, name, total)
 
     def figures(self, prefix: str = "") -> dict[str, float]:
         """Means: DPO loss and reward margin per pair, SFT loss per chosen token, accuracy."""
@@ -133,19 +148,29 @@ class DPOObjective:
 
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
                    ) -> Accumulated:
-        pairs = sum(len(b["input_ids"]) // 2 for b in micro_batches)
-        tokens = sum(count_targets({"labels": b["labels"][:len(b["input_ids"]) // 2]})
-                     for b in micro_batches)
+        """Under data parallelism the pair and token counts are those of the whole step,
+        over all processes, scaled for the engine's gradient average (as M4.6 does for
+        tokens); a placeholder pair (no trained token) counts for nothing. The figures are
+        the step's, the same on every process."""
+        live = [_has_targets(b) for b in micro_batches]
+        local = [sum(int(m.sum()) for m in live),
+                 sum(count_targets({"labels": b["labels"][:len(b["input_ids"]) // 2]})
+                     for b in micro_batches)]
+        pairs, tokens = all_sum(local)
         if pairs == 0 or tokens == 0:
             return Accumulated(loss=math.nan, targets=0)
-        loss, tally = 0.0, _Tally()
-        for batch in micro_batches:
+        world, tally = ranks().world_size, _Tally()
+        for batch, mask in zip(micro_steps(model, micro_batches), live):
             out, chosen_logps, chosen_tokens = self._terms(model, batch)
-            part = out.losses.sum() / pairs - self.sft_weight * chosen_logps / tokens
+            part = ((out.losses * mask).sum() / pairs
+                    - self.sft_weight * chosen_logps / tokens) * world
             part.backward()
-            loss += part.item()
-            tally.add(out, chosen_logps.detach(), chosen_tokens)
-        return Accumulated(loss=loss, targets=tokens, metrics=tally.figures())
+            tally.add(DPOOutput(out.losses[mask], out.chosen_rewards[mask],
+                                out.rejected_rewards[mask]), chosen_logps.detach(), chosen_tokens)
+        tally.merge_processes()
+        figures = tally.figures()
+        return Accumulated(loss=figures["dpo_loss"] + self.sft_weight * figures["sft_loss"],
+                           targets=int(tokens), metrics=figures)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]

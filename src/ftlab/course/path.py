@@ -23,13 +23,14 @@ PATH_FILE = "milestones/path.json"
 
 
 def load_path(project: Path) -> dict | None:
-    """``milestones/path.json`` of ``project`` (``milestones`` and ``needs``, needs as
-    tuples), or None when the project has none."""
+    """``milestones/path.json`` of ``project`` (``milestones``, ``tracks`` — advanced
+    notebooks — and ``needs``, values as tuples), or None when the project has none."""
     file = project / PATH_FILE
     if not file.is_file():
         return None
     data = json.loads(file.read_text(encoding="utf-8"))
     return {"milestones": {m: tuple(v) for m, v in data.get("milestones", {}).items()},
+            "tracks": {nb: tuple(v) for nb, v in data.get("tracks", {}).items()},
             "needs": {t: tuple(n) for t, n in data.get("needs", {}).items()}}
 
 
@@ -54,6 +55,10 @@ def start_here(path: dict | None) -> list[str]:
         lines += ["| # | notebook | milestone | time (estimate) |", "|---|---|---|---|",
                   *(f"| {i} | `{NOTEBOOKS.get(m, m)}` | {title} | {time} |"
                     for i, (m, (title, time)) in enumerate(path["milestones"].items(), 1)), ""]
+        if path.get("tracks"):
+            lines += ["Advanced tracks, after the milestone they build on:", "",
+                      *(f"- `{nb}`: {title} ({time})" for nb, (title, time) in
+                        path["tracks"].items()), ""]
         needs = "; ".join(f"**{t}** needs {', '.join(n)}" for t, n in sorted(
             path["needs"].items(), key=lambda item: sort_key(item[0])))
         if needs:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import torch
+
 from ftlab.config import PipelineConfig, load_config
+from ftlab.errors import ConfigError, FtlabError
 from ftlab.paths import default_config
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
                                    run_pipeline, to_run)
+from ftlab.train.distributed import init_from_env
 
 
 def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | None
@@ -70,22 +77,67 @@ def check_command(path: Path) -> int:
 
 
 def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path | None = None,
-                seed: int | None = None, progress: bool = True) -> int:
+                seed: int | None = None, progress: bool = True, nproc: int = 1) -> int:
+    """``ftlab run``. With ``nproc`` > 1 (and not already launched) the config is planned
+    here, then run by ``nproc`` processes (:func:`launch`); under a launcher (torchrun,
+    accelerate launch) this process joins the others and rank 0 alone prints."""
     path = config_path or default_config()
     config = with_overrides(load_config(path), run_dir, seed)
-    print(f"config: {path}")
-    planned = plan(config, path)
-    reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir))
-    print(plan_text(config, planned=planned, reuse=reuse))
+    here = init_from_env()
+    if nproc > 1 and here.distributed:
+        raise ConfigError(f"--nproc {nproc}: this process was already launched as one of "
+                          f"{here.world_size}; use --nproc with a plain `ftlab run`, or the "
+                          "launcher alone")
+    say = print if here.is_main else (lambda *a, **k: None)
+    shown = os.environ.get(PLAN_SHOWN) == "1"  # by the `--nproc` process that launched us
+    processes = max(nproc, here.world_size)
+    planned = plan(config, path, processes=processes)
+    reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir)) if here.is_main else None
+    if here.is_main and not shown:
+        print(f"config: {path}\n" + plan_text(config, planned=planned, reuse=reuse)
+              + (f"\nprocesses: {processes} (data parallel)" if processes > 1 else ""))
     if dry_run:
-        print("dry run: the config is valid; nothing was loaded or trained")
+        say("dry run: the config is valid; nothing was loaded or trained")
         return 0
-    summary = run_pipeline(config, progress=progress, source=path, planned=planned, reuse=reuse)
-    print()
-    print(summary["summary_table"])
-    print()
-    print(summary["kinds_table"])
+    if nproc > 1:
+        return launch(nproc, ["run", str(path), "--run-dir", str(config.run_dir),
+                              *(["--seed", str(seed)] if seed is not None else []),
+                              *([] if progress else ["--no-progress"])])
+    summary = run_pipeline(config, progress=progress and here.is_main, source=path,
+                           planned=planned, reuse=reuse, print_fn=say)
+    say()
+    say(summary["summary_table"])
+    say()
+    say(summary["kinds_table"])
     reused = summary["reused_stages"]
-    print(f"\n{'reused: ' + ', '.join(reused) + '; ' if reused else ''}"
-          f"finished in {summary['seconds_this_run']:.0f} s; report: {Path(config.run_dir) / 'report.md'}")
+    say(f"\n{'reused: ' + ', '.join(reused) + '; ' if reused else ''}"
+        f"finished in {summary['seconds_this_run']:.0f} s; report: {Path(config.run_dir) / 'report.md'}")
+    return 0
+
+
+PLAN_SHOWN = "FTLAB_PLAN_SHOWN"
+"""Set by :func:`launch` for the processes it starts: the plan was printed already."""
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run ``ftlab <argv>`` as ``nproc`` data-parallel processes on this machine with
+    torchrun (a standalone rendezvous): the user never writes a launcher. On CPU each
+    process gets ``cores // nproc`` torch threads; on CUDA one GPU each, and more processes
+    than GPUs is a :class:`ConfigError`. A process that fails stops the others (torchrun);
+    returns the exit status, and says which process failed."""
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} "
+                          "GPU(s); start at most one process per GPU")
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+           "PYTHONUNBUFFERED": "1", PLAN_SHOWN: "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "ftlab.cli", *argv]
+    print(f"launching {nproc} processes: torchrun --standalone --nproc-per-node={nproc} "
+          f"-m ftlab.cli {' '.join(argv)}", flush=True)
+    status = subprocess.run(command, env=env).returncode
+    if status:
+        raise FtlabError(f"the run stopped: a process failed (torchrun exited {status}); its "
+                         "error is above. Completed stages and checkpoints are kept: run the "
+                         "same command again to resume")
     return 0

@@ -14,6 +14,11 @@ fingerprint (its config, the base model, the seed and the *contents* of its data
 unchanged and every output it recorded is on disk with the same sha256; otherwise it runs
 again, and the first stage that runs invalidates every stage after it. The run folder can be
 moved or used from another working directory; the project can be moved.
+
+Under data parallelism (``torchrun``, ``accelerate launch``, ``ftlab run --nproc``) every
+process runs this program: training stages run on all of them, every other step (the run
+folder, ``state.json``, measuring, merging, exporting, the report) on rank 0 alone, whose
+decisions and results are broadcast so all processes chain the same stages.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlab.config import EvalConfig, PipelineConfig, StageConfig, config_line, save_config
+from ftlab.config import (EvalConfig, PipelineConfig, StageConfig, TrainConfig, config_line,
+                          save_config)
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.files import file_manifest, manifest_problems, sha256_file
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     load_model_tokenizer, model_problem)
 from ftlab.pipeline.measure import heldout_pairs, measure
 from ftlab.pipeline.registry import SECTIONS, Stage, stage_for
+from ftlab.train.distributed import broadcast, launched_world_size, on_main, ranks
 
 STATE = "state.json"
 STAGE_MARKER = ".ftlab-stage.json"
@@ -78,15 +85,18 @@ def fingerprint(run: PipelineConfig, stage: StageConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan(config: PipelineConfig, source: Path | None = None, check_model: bool = True
-         ) -> list[PlannedStage]:
+def plan(config: PipelineConfig, source: Path | None = None, check_model: bool = True,
+         processes: int | None = None) -> list[PlannedStage]:
     """Every stage with its stage object, checked in order before anything runs.
 
     ``check_model``: also check the base model can be loaded (:func:`model_problem`).
+    ``processes``: data-parallel processes the run will have (default: as launched); each
+    training stage's ``train.batch_size`` must be a multiple of it.
     Raises one :class:`ConfigError` listing every problem (``stages[i] (name): ...``),
     each prefixed ``<source>:<line>:`` when the config file ``source`` is given.
     """
     planned, problems, has_adapter = [], [], False
+    processes = processes or launched_world_size()
     if check_model and (problem := model_problem(config.model.name_or_path)):
         problems.append((("model", "name_or_path"), f"model.name_or_path: {problem}"))
     for index, stage_config in enumerate(config.stages):
@@ -98,6 +108,13 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
             continue
         problems += [(("stages", index, *_section_of(p)), f"{where}: {p}")
                      for p in stage.check(has_adapter)]
+        batch = (stage_config.train.batch_size if stage_config.train
+                 else TrainConfig().batch_size) if stage.trains else None
+        if batch is not None and batch % processes:
+            problems.append((("stages", index, "train", "batch_size"), (
+                f"{where}: train.batch_size: {batch} examples per micro-batch cannot be shared "
+                f"by {processes} processes; use a multiple of {processes} (each process "
+                "takes batch_size / processes)")))
         has_adapter = (has_adapter or stage.trains) and not stage.needs_adapter
         planned.append(PlannedStage(stage_config.name, stage_config, stage,
                                     fingerprint(config, stage_config)))
@@ -302,10 +319,15 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
     planned = planned if planned is not None else plan(config, source)
     quiet_loading()
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    state = read_state(run_dir)
-    done, refused = reuse if reuse is not None else reusable(state, run_dir)
+    main = ranks().is_main
+
+    def open_run() -> tuple[dict, tuple[dict[str, StageRecord], dict[str, str]]]:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        state = read_state(run_dir)
+        return state, reuse if reuse is not None else reusable(state, run_dir)
+
+    state, (done, refused) = on_main(open_run)
     for name, why in refused.items():
         if any(p.name == name for p in planned):
             print_fn(f"stage {name}: its recorded outputs changed ({why}); it runs again, and "
@@ -315,26 +337,32 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
     started = time.perf_counter()
     if state["baseline"] is None or state["baseline"].get("model") != config.model.model_dump(mode="json"):
         print_fn("measuring the base model ...")
-        eval_config = next((s.eval for s in config.stages if s.eval), None) or EvalConfig()
-        figures, samples = measure(load_model(start, config.model.dtype), tokenizer, eval_config,
-                                   heldout_pairs(eval_config, tokenizer), progress)
-        state["baseline"] = {"model": config.model.model_dump(mode="json"), "metrics": figures,
-                             "samples": samples}
-        write_state(run_dir, state)
+
+        def baseline() -> dict:
+            eval_config = next((s.eval for s in config.stages if s.eval), None) or EvalConfig()
+            figures, samples = measure(load_model(start, config.model.dtype), tokenizer,
+                                       eval_config, heldout_pairs(eval_config, tokenizer), progress)
+            state["baseline"] = {"model": config.model.model_dump(mode="json"),
+                                 "metrics": figures, "samples": samples}
+            write_state(run_dir, state)
+            return state["baseline"]
+        state["baseline"] = on_main(baseline)
 
     ran: list[str] = []
 
     def run_one(stage: PlannedStage, model: ModelRef) -> StageResult:
         ran.append(stage.name)
         print_fn(f"stage {stage.name}: {stage.stage.describe()}")
-        folder = stage_folder(run_dir / stage.name, stage.fingerprint, model, run_dir)
+        folder = on_main(lambda: stage_folder(run_dir / stage.name, stage.fingerprint, model,
+                                              run_dir))
         began = time.perf_counter()
         earlier = {p.name: StageResult.from_json(state["stages"][p.name]["result"])
                    for p in planned[:planned.index(stage)] if p.name in state["stages"]}
-        try:
-            result = stage.stage.run(StageContext(config, stage.config, folder, model, tokenizer,
-                                                  progress, earlier, state["baseline"]["metrics"],
-                                                  print_fn))
+        ctx = StageContext(config, stage.config, folder, model, tokenizer, progress, earlier,
+                           state["baseline"]["metrics"], print_fn)
+        try:  # training stages train on every process; the others run on rank 0 alone
+            result = broadcast(stage.stage.run(ctx) if stage.stage.trains
+                               else on_main(lambda: stage.stage.run(ctx)))
         except FtlabError as e:  # say which stage: a run has several with the same sections
             raise type(e)(f"stage {stage.name}: {e}") from e
         result.metrics["seconds"] = time.perf_counter() - began
@@ -343,15 +371,16 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
     def record(stage: PlannedStage, result: StageResult) -> None:
         state["stages"][stage.name] = {
             "fingerprint": stage.fingerprint, "result": result.to_json(),
-            "outputs": outputs_manifest(run_dir, result, run_dir / stage.name)}
+            "outputs": outputs_manifest(run_dir, result, run_dir / stage.name) if main else {}}
         later = [p.name for p in planned[planned.index(stage) + 1:]]
         for name in later:  # their inputs changed: never reuse them
             state["stages"].pop(name, None)
-        write_state(run_dir, state)
-        write_report(run_dir, config, state, planned)
+        if main:
+            write_state(run_dir, state)
+            write_report(run_dir, config, state, planned)
 
     chain(planned, done, start, run_one, record)
-    summary = write_report(run_dir, config, state, planned)
+    summary = on_main(lambda: write_report(run_dir, config, state, planned))
     summary["seconds_this_run"] = time.perf_counter() - started
     summary["reused_stages"] = [p.name for p in planned if p.name not in ran]
     return summary

@@ -2,6 +2,9 @@
 
 Training stages (``sft``, ``dpo``) add a LoRA adapter to the model they receive, with the
 ``ftlab`` or ``trl`` backend, and measure the result (:func:`ftlab.pipeline.measure.measure`).
+With several data-parallel processes every process runs a training stage's ``run`` (they
+train together); rank 0 alone writes its files and measures, and every process returns
+rank 0's result (:func:`ftlab.train.distributed.on_main`).
 ``merge`` folds the newest adapter into the weights in float32 and checks the logits;
 ``export`` writes the merged model as a transformers folder and GGUF files, each loaded back
 and compared; ``eval`` measures the model it receives.
@@ -27,6 +30,7 @@ from ftlab.pipeline.registry import Stage, register_stage
 from ftlab.pipeline.training import (publish_adapter, resolvable_base, save_trained_adapter,
                                      stage_train_config, target_names, train_ftlab,
                                      trainable_model, training_curves)
+from ftlab.train.distributed import on_main, ranks
 from ftlab.train.objective import SFTObjective
 
 DATA_REPORT = "data_report.txt"
@@ -63,7 +67,8 @@ def _report_data(ctx: StageContext, records: LoadReport, details: str) -> dict[s
     """Say what the stage's data loading kept and refused (one line, plus the first few
     rejections with file:line), write every rejection to ``<stage>/data_report.txt`` and
     return the counts as figures for the report."""
-    (ctx.folder / DATA_REPORT).write_text(f"{records.summary()}\n{details}\n")
+    if ranks().is_main:
+        (ctx.folder / DATA_REPORT).write_text(f"{records.summary()}\n{details}\n")
     more = f" (all of them in {ctx.folder / DATA_REPORT})" if records.rejected else ""
     ctx.log(f"  data: {records.brief()}{more}\n  data: {details}")
     return {"data/records": records.total, "data/rejected": len(records.rejected)}
@@ -116,17 +121,19 @@ class SFTStage(_TrainingStage):
             model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
             figures = train_ftlab(model, data.train, data.validation, train, ctx.folder, pad_id,
                                   data_cfg.max_length, SFTObjective(), ctx.progress, ctx.log)
-            save_trained_adapter(model, ctx.folder, ctx.model)
+            on_main(lambda: save_trained_adapter(model, ctx.folder, ctx.model))
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
             figures = trl_backend.train_sft(model, ctx.tokenizer, data.train, data.validation,
                                             train, lora, target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
-            publish_adapter(ctx.model, ctx.folder / "adapter", ctx.folder / "adapter")
+            on_main(lambda: publish_adapter(ctx.model, ctx.folder / "adapter",
+                                            ctx.folder / "adapter"))
         figures |= {"train_examples": len(data.train), "replay_examples": data.replayed,
                     **data_figures}
-        return _measured(ctx, ctx.model.with_adapter(ctx.folder / "adapter"), figures,
-                         training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter")})
+        return on_main(lambda: _measured(ctx, ctx.model.with_adapter(ctx.folder / "adapter"),
+                                         figures, training_curves(ctx.folder),
+                                         {"adapter": str(ctx.folder / "adapter")}))
 
 
 @register_stage
@@ -157,7 +164,7 @@ class DPOStage(_TrainingStage):
             figures = train_ftlab(model, train_pairs, val_pairs, train, ctx.folder, pad_id,
                                   data_cfg.max_length, DPOObjective(dpo.beta, dpo.sft_weight),
                                   ctx.progress, ctx.log)
-            save_trained_adapter(model, ctx.folder, ctx.model)
+            on_main(lambda: save_trained_adapter(model, ctx.folder, ctx.model))
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
             reference = pair_logprobs(model, held, pad_id)
@@ -169,13 +176,16 @@ class DPOStage(_TrainingStage):
                                             records(pairs.validation_pairs), train, lora, dpo,
                                             target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
-            publish_adapter(ctx.model, ctx.folder / "adapter", ctx.folder / "adapter")
+            on_main(lambda: publish_adapter(ctx.model, ctx.folder / "adapter",
+                                            ctx.folder / "adapter"))
         new = ctx.model.with_adapter(ctx.folder / "adapter")
-        policy = pair_logprobs(load_model(new), held, pad_id)
-        figures |= _reward_figures(policy, reference, held, dpo.beta)
         figures |= {"train_pairs": len(pairs.train), **data_figures}
-        return _measured(ctx, new, figures, training_curves(ctx.folder),
-                         {"adapter": str(ctx.folder / "adapter")})
+
+        def measured() -> StageResult:
+            policy = pair_logprobs(load_model(new), held, pad_id)
+            return _measured(ctx, new, figures | _reward_figures(policy, reference, held, dpo.beta),
+                             training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter")})
+        return on_main(measured)
 
 
 def _reward_figures(policy: tuple[torch.Tensor, torch.Tensor],

@@ -32,6 +32,7 @@ from ftlab.paths import base_model_dir
 from ftlab.pipeline.context import EMBEDDED, ModelRef, load_model
 from ftlab.quant import quantize_model
 from ftlab.train import Trainer, seed_everything
+from ftlab.train.distributed import unshard
 from ftlab.train.objective import Objective
 
 
@@ -79,10 +80,12 @@ def train_ftlab(model: nn.Module, train: list[dict], validation: list[dict],
                 objective: Objective, progress: bool,
                 print_fn: Callable[[str], None] = print) -> dict[str, float]:
     """Train with our Trainer into ``folder/train`` (resumable; ``print_fn`` hears from
-    which step); returns its figures, skipped steps included."""
+    which step); returns its figures, skipped steps included. With several processes every
+    one calls it; ``model`` ends whole (unsharded) on each."""
     trainer = Trainer(model, train, config, folder / "train", pad_id, validation, max_length,
                       progress=progress, objective=objective, print_fn=print_fn)
     result = trainer.fit()
+    unshard(model)  # FSDP2: whole weights on every process again, so rank 0 can save them
     return {"steps": result.steps, "skipped_steps": result.skipped_steps,
             "final_loss": result.final_loss,
             **({"best_val_loss": result.best_val_loss} if result.best_val_loss is not None else {})}

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ftlab.config import DPOConfig, LoRAConfig, TrainConfig
+from ftlab.train.distributed import launched_world_size, ranks
 
 
 def training_arguments(config: TrainConfig, folder: Path, progress: bool, evaluate: bool) -> dict:
@@ -28,7 +29,9 @@ def training_arguments(config: TrainConfig, folder: Path, progress: bool, evalua
     steps = {"max_steps": config.max_steps} if config.max_steps else {
         "num_train_epochs": config.epochs}
     return dict(
-        output_dir=str(folder / "trl"), per_device_train_batch_size=config.batch_size,
+        output_dir=str(folder / "trl"),
+        # train.batch_size is the micro-batch over all processes, as for our Trainer
+        per_device_train_batch_size=config.batch_size // launched_world_size(),
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
@@ -60,7 +63,8 @@ def write_log(history: list[dict], folder: Path) -> None:
     for entry in history:
         if "loss" in entry:
             lines.append({"kind": "step", "step": entry["step"], "loss": entry["loss"],
-                          "lr": entry.get("learning_rate", math.nan)})
+                          "lr": entry.get("learning_rate", math.nan),
+                          "epoch": entry.get("epoch", math.nan)})
         if "eval_loss" in entry:
             lines.append({"kind": "eval", "step": entry["step"], "val_loss": entry["eval_loss"]})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -68,8 +72,9 @@ def write_log(history: list[dict], folder: Path) -> None:
 
 def _finish(trainer, folder: Path) -> dict[str, float]:
     trainer.train()
-    write_log(trainer.state.log_history, folder)
-    trainer.model.save_pretrained(str(folder / "adapter"))
+    if ranks().is_main:  # under accelerate launch every process trains; rank 0 writes
+        write_log(trainer.state.log_history, folder)
+        trainer.model.save_pretrained(str(folder / "adapter"))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     return {"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else math.nan,

@@ -4,6 +4,9 @@
 :func:`ftlab.data.tokenize_with_labels` makes them) epoch after epoch. The order of epoch
 ``e`` depends only on ``(seed, e)``, never on a global RNG, so the data position
 ``(epoch, position)`` is all a checkpoint needs to continue with the same next batch.
+With several data-parallel processes, the plan is the same global one on every process and
+each takes its share of every micro-batch (:func:`ftlab.train.distributed.rank_share`), so
+the data position means the same whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import torch
 
 from ftlab.data.collate import collate
 from ftlab.data.labels import IGNORE_INDEX
+from ftlab.train.distributed import rank_share
 
 MEGABATCH = 50
 """Length grouping sorts windows of at most ``MEGABATCH x batch_size`` shuffled examples."""
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding tokens in a batch from :func:`ftlab.data.collate` or :func:`pack`."""
-    if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
-    return int(batch["real_tokens"])
+    """Non-padding tokens in a batch from :func:`ftlab.data.collate` or :func:`pack` (its
+    ``real_tokens`` count when it carries one)."""
+    if "real_tokens" in batch:
+        return int(batch["real_tokens"])
+    return int(batch["attention_mask"].sum())
 
 
 def pack_rows(examples: list[dict[str, list[int]]], max_length: int) -> list[list[int]]:
@@ -83,21 +88,30 @@ class BatchLoader:
     ``packing``, the shuffled examples are packed into rows of ``max_length`` tokens
     (:func:`pack`) and ``batch_size`` counts rows. ``state_dict()`` is ``{"epoch",
     "position"}``: the next batch is batch ``position`` of epoch ``epoch``.
+
+    ``rank`` / ``world_size``: this process's place among data-parallel processes;
+    ``batch_size`` is then the micro-batch over all of them (a multiple of ``world_size``)
+    and :meth:`next` returns this process's share of it.
     """
 
     def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, pad_id: int,
                  seed: int = 0, group_by_length: bool = True, packing: bool = False,
                  max_length: int | None = None,
-                 collate_fn: Callable[[list[dict], int], dict[str, torch.Tensor]] = collate
-                 ) -> None:
+                 collate_fn: Callable[[list[dict], int], dict[str, torch.Tensor]] = collate,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not examples:
             raise ValueError("no training examples")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of the {world_size} "
+                             "processes: each takes batch_size / processes rows of every "
+                             "micro-batch")
         if packing and max_length is None:
             raise ValueError("packing needs max_length")
         self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
         self.seed, self.group_by_length = seed, group_by_length
         self.packing, self.max_length = packing, max_length
         self.collate_fn = collate_fn
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
         self.last_sources: dict[str, int] = {}
         self._plan_epoch, self._plan = -1, []
@@ -136,11 +150,16 @@ class BatchLoader:
         return self.collate_fn([self.examples[row[0]] for row in rows], self.pad_id)
 
     def next(self) -> dict[str, torch.Tensor]:
-        """The next micro-batch; moves to the next epoch after the last one.
+        """The next micro-batch (this process's share of it); moves to the next epoch after
+        the last one.
 
-        ``last_sources`` then holds, for the examples of that micro-batch that carry a
-        ``source`` (e.g. general-text replay), their trained-token counts by source (labels
-        after the first, as :func:`~ftlab.train.step.count_targets` counts them)."""
+        ``last_sources`` then holds, for the examples of the whole micro-batch (all
+        processes) that carry a ``source`` (e.g. general-text replay), their trained-token
+        counts by source (labels after the first, as
+        :func:`~ftlab.train.step.count_targets` counts them). A process left without a row
+        (a micro-batch with fewer rows than processes) gets a placeholder row with every
+        label ignored and ``real_tokens`` 0: it runs forward and backward and trains
+        nothing."""
         if self._plan_epoch != self.epoch:
             self._plan_epoch, self._plan = self.epoch, self.plan(self.epoch)
         rows = self._plan[self.position]
@@ -150,7 +169,11 @@ class BatchLoader:
             if source is not None:
                 targets = sum(label != -100 for label in self.examples[i]["labels"][1:])
                 self.last_sources[source] = self.last_sources.get(source, 0) + targets
-        batch = self.collate(rows)
+        share, placeholder = rank_share(rows, self.rank, self.world_size)
+        batch = self.collate(share)
+        if placeholder:
+            batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+            batch["real_tokens"] = torch.tensor(0)
         self.position += 1
         if self.position == len(self._plan):
             self.epoch, self.position = self.epoch + 1, 0

@@ -82,8 +82,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def trainable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the parameters that train (``requires_grad``), by name."""
-    return {n: p.detach().cpu().contiguous().clone()
+    """CPU copies of the parameters that train (``requires_grad``), by name. Parameters
+    sharded by FSDP2 (DTensors) are gathered whole: then every process must call it."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+            .contiguous().clone()
             for n, p in model.named_parameters() if p.requires_grad}
 
 

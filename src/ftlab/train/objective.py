@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ftlab.data.collate import collate
+from ftlab.train.distributed import accumulate_across_ranks, ranks
 from ftlab.train.step import Accumulated, accumulate_gradients, count_targets, target_loss_sum
 
 
@@ -25,7 +26,9 @@ class Objective(Protocol):
     objective). ``collate(examples, pad_id)`` turns examples into one micro-batch of tensors
     (a ``real_tokens`` count may be included; every other tensor is moved to the model's
     device). ``accumulate(model, micro_batches)`` runs forward and backward so ``.grad``
-    holds one optimizer step's gradient. ``evaluate(model, batches)`` returns figures with
+    holds one optimizer step's gradient; under data parallelism ``model`` is the engine's
+    (DDP/FSDP2) module, ``micro_batches`` this process's shares, and the gradient and the
+    figures returned must be those of the whole step (:mod:`ftlab.train.distributed`). ``evaluate(model, batches)`` returns figures with
     at least ``val_loss`` (lower is better), without gradients.
     """
 
@@ -71,6 +74,10 @@ class SFTObjective:
 
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
                    ) -> Accumulated:
+        """M4.2 in one process; with data-parallel processes, the same normalisation over
+        the whole step's tokens on all of them (M4.6)."""
+        if ranks().distributed:
+            return accumulate_across_ranks(model, micro_batches)
         return accumulate_gradients(model, micro_batches)
 
     def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]

@@ -18,6 +18,15 @@ the current step and writes a checkpoint; a second Ctrl-C stops at once (``print
 from which step it resumed). A step with a non-finite loss or gradient norm is skipped and
 counted; once more than ``max_skipped_fraction`` of the planned steps are skipped, ``fit()``
 raises :class:`~ftlab.errors.TrainingError` naming the likely cause.
+
+Data parallelism: run the same program in N processes (``torchrun``, ``accelerate launch``,
+``ftlab run --nproc N``; :mod:`ftlab.train.distributed`). The Trainer then wraps the model
+in DDP or FSDP2 (``train.distributed``), each process trains on its share of every
+micro-batch (``train.batch_size`` is the micro-batch over all processes), gradients are
+synchronised by the engine once per step, and the loss is normalised by the trained tokens
+of the whole step (M4.6) — so N processes give the update of one process over the same
+batch. Rank 0 alone writes the metrics, plots and checkpoints and shows the progress bar;
+every process resumes from them, with any number of processes.
 """
 
 from __future__ import annotations
@@ -44,9 +53,10 @@ from ftlab.config import TrainConfig
 from ftlab.errors import ConfigError, TrainingError
 from ftlab.quant.memory import rss_mb
 from ftlab.train.batching import BatchLoader, real_tokens
+from ftlab.train import distributed
 from ftlab.train.checkpoint import (latest_good_checkpoint, load_checkpoint, prune_checkpoints,
                                     restore_training_state, rng_state, save_checkpoint,
-                                    step_dir_name, trainable_weights)
+                                    set_rng_state, step_dir_name, trainable_weights)
 from ftlab.train.early_stopping import EarlyStopping
 from ftlab.train.metrics import (MetricsLog, flops_per_token, matmul_peak_flops,
                                  plot_training)
@@ -109,19 +119,26 @@ class Trainer:
                  progress: bool = True, objective: Objective | None = None,
                  print_fn: Callable[[str], None] = print) -> None:
         self.model, self.config, self.run_dir = model, config, Path(run_dir)
-        self.print_fn = print_fn
         self.objective = objective or SFTObjective()
         if config.packing and not self.objective.supports_packing:
             raise ConfigError(f"train.packing: the {self.objective.name} objective does not "
                               "support packing; set packing: false")
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("the model has no trainable parameters: inject adapters "
                               "(ftlab.lora.inject_lora) or unfreeze parameters first")
+        self.ranks = distributed.ranks()
+        if config.batch_size % self.ranks.world_size:
+            raise ConfigError(
+                f"train.batch_size: {config.batch_size} examples per micro-batch cannot be shared "
+                f"by {self.ranks.world_size} processes; use a multiple of "
+                f"{self.ranks.world_size} (each process takes batch_size / processes)")
+        self.engine = distributed.engine_for(config.distributed) if self.ranks.distributed else None
+        self.engine_model = distributed.wrap(model, self.engine)  # what forward runs through
+        self.params = [p for p in model.parameters() if p.requires_grad]  # sharded by FSDP2
         self.device = self.params[0].device
         self.loader = BatchLoader(train_examples, config.batch_size, pad_id, config.seed,
                                   config.group_by_length, config.packing, max_length,
-                                  self.objective.collate)
+                                  self.objective.collate, self.ranks.rank, self.ranks.world_size)
         val = sorted(val_examples or [], key=lambda e: len(e["input_ids"]))
         self.val_batches = [_to(self.objective.collate(val[i:i + config.batch_size], pad_id),
                                 self.device)
@@ -135,9 +152,10 @@ class Trainer:
         self.early = EarlyStopping(config.early_stopping_patience,
                                    config.early_stopping_min_delta)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.print_fn = print_fn if self.ranks.is_main else (lambda line: None)
         self.checkpoints = self.run_dir / "checkpoints"
         self.callbacks = list(callbacks)
-        self.progress = progress
+        self.progress = progress and self.ranks.is_main
         self._stop_requested = False
         self.counters = {"step": 0, "skipped": 0, "best_step": None}
 
@@ -150,8 +168,8 @@ class Trainer:
             import bitsandbytes as bnb
 
             return bnb.optim.AdamW8bit(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        fused = self.device.type in ("cpu", "cuda") and all(p.is_floating_point()
-                                                             for p in self.params)
+        fused = self.device.type in ("cpu", "cuda") and all(
+            p.is_floating_point() and not hasattr(p, "full_tensor") for p in self.params)
         return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=fused or None)
 
@@ -164,7 +182,8 @@ class Trainer:
         return {"train": self.config.model_dump(mode="json"), "total_steps": self.total_steps,
                 "objective": {"name": self.objective.name, **self.objective.settings()},
                 "train_examples": len(self.loader.examples),
-                "trainable": sum(p.numel() for p in self.params)}
+                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "processes": self.ranks.world_size, "engine": self.engine}
 
     # -- resume -----------------------------------------------------------------------
     def _check_same_run(self, saved: dict) -> None:
@@ -173,42 +192,72 @@ class Trainer:
                  for k in SAME_RUN_KEYS if saved["train"].get(k) != ours["train"][k]]
         diffs += [f"{k}: {saved.get(k)!r} -> {ours[k]!r}"
                   for k in ("objective", "train_examples", "trainable") if saved.get(k) != ours[k]]
+        if (saved.get("engine") == "fsdp") != (self.engine == "fsdp"):
+            diffs.append(f"engine: {saved.get('engine') or 'one process'} -> "
+                         f"{self.engine or 'one process'} (FSDP checkpoints keep the optimizer "
+                         "state by parameter name, the others by position)")
         if diffs:
             raise ConfigError(f"{self.checkpoints}: the checkpoints there belong to a run with "
                               f"other settings ({'; '.join(diffs)}); resuming would not "
                               "continue that run. Use another run_dir, or the same settings.")
 
     def _resume(self) -> int | None:
-        found = latest_good_checkpoint(self.checkpoints)
-        if found is None:
-            self.log.truncate_after(0)
+        # rank 0 alone sets damaged checkpoints aside; then every process loads the good one
+        path = distributed.on_main(lambda: getattr(latest_good_checkpoint(self.checkpoints),
+                                                   "path", None))
+        if path is None:
+            if self.ranks.is_main:
+                self.log.truncate_after(0)
             seed_everything(self.config.seed)
             return None
-        self._check_same_run(json.loads((found.path / "config.json").read_text()))
-        trainer_state = restore_training_state(found, self.model, self.optimizer,
-                                               self.scheduler, self.loader)
+        found = load_checkpoint(path)
+        saved = json.loads((found.path / "config.json").read_text())
+        self._check_same_run(saved)
+        if self.engine == "fsdp":
+            trainer_state = distributed.restore_sharded(found, self.model, self.optimizer,
+                                                        self.scheduler, self.loader)
+        else:
+            trainer_state = restore_training_state(found, self.model, self.optimizer,
+                                                   self.scheduler, self.loader)
+        per_process = found.state.get("rng_processes")
+        if per_process and len(per_process) == self.ranks.world_size:
+            set_rng_state(per_process[self.ranks.rank])  # each process's own dropout stream
         self.counters = {k: trainer_state[k] for k in self.counters}
         self.early.load_state_dict(trainer_state["early_stopping"])
-        self.log.truncate_after(found.step)
+        if self.ranks.is_main:
+            self.log.truncate_after(found.step)
+        processes = saved.get("processes", 1)
         self.print_fn(f"resuming from checkpoint {found.path.name} (step {found.step} of "
-                      f"{self.total_steps}); steps before it are not repeated")
+                      f"{self.total_steps}); steps before it are not repeated"
+                      + (f"; it was written by {processes} process(es), this run has "
+                         f"{self.ranks.world_size}: data order and optimizer state continue "
+                         "exactly, dropout draws do not" if processes != self.ranks.world_size
+                         else ""))
         return found.step
 
     # -- checkpoints --------------------------------------------------------------------
     def save(self) -> Path:
-        """Write a checkpoint of the current step (no-op when one exists) and prune."""
+        """Write a checkpoint of the current step (no-op when one exists) and prune. With
+        several processes every one must call it (the state is gathered); rank 0 writes."""
         step = self.counters["step"]
         path = self.checkpoints / step_dir_name(step)
-        if not path.exists():
-            state = {"optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                     "data": self.loader.state_dict(),
-                     "trainer": {**self.counters, "early_stopping": self.early.state_dict()}}
-            save_checkpoint(self.checkpoints, trainable_weights(self.model), state,
-                            self.checkpoint_config())
-        best = self.counters["best_step"]
-        prune_checkpoints(self.checkpoints, self.config.keep_last,
-                          {best} if best is not None else set())
+        if not distributed.on_main(path.exists):
+            weights = trainable_weights(self.model)
+            optimizer = (distributed.full_optimizer_state(self.model, self.optimizer)
+                         if self.engine == "fsdp" else self.optimizer.state_dict())
+            rngs = distributed.gather(rng_state())
+            if self.ranks.is_main:
+                state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+                         "rng": rngs[0], "data": self.loader.state_dict(),
+                         "trainer": {**self.counters, "early_stopping": self.early.state_dict()}}
+                if self.ranks.distributed:
+                    state["rng_processes"] = rngs
+                save_checkpoint(self.checkpoints, weights, state, self.checkpoint_config())
+        if self.ranks.is_main:
+            best = self.counters["best_step"]
+            prune_checkpoints(self.checkpoints, self.config.keep_last,
+                              {best} if best is not None else set())
+        distributed.barrier()
         return path
 
     def restore_best(self) -> None:
@@ -217,10 +266,7 @@ class Trainer:
         if best is None:
             raise ConfigError("no validation set was evaluated, so there is no best checkpoint")
         weights = load_checkpoint(self.checkpoints / step_dir_name(best)).weights
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value)
+        distributed.load_full_weights(self.model, weights)
 
     # -- the loop -----------------------------------------------------------------------
     @contextmanager
@@ -240,6 +286,8 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
     def _emit(self, record: dict) -> None:
+        if not self.ranks.is_main:
+            return
         self.log.append(record)
         for callback in self.callbacks:
             callback(record)
@@ -264,7 +312,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.counters["step"], desc="train",
                    unit="step", disable=not self.progress)
-        steps_logged = [r for r in self.log.records() if r["kind"] == "step"]
+        steps_logged = ([r for r in self.log.records() if r["kind"] == "step"]
+                        if self.ranks.is_main else [])
         loss = steps_logged[-1]["loss"] if steps_logged else math.nan
         stopped_early = self.early.should_stop  # a resumed run that had already stopped
         with self._ctrl_c_stops():
@@ -275,9 +324,9 @@ class Trainer:
                     batches.append(self.loader.next())
                     for source, count in self.loader.last_sources.items():
                         sources[f"targets/{source}"] = sources.get(f"targets/{source}", 0) + count
-                tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
+                local_tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
                 micro = [_to(b, self.device) for b in batches]
-                accumulated = self.objective.accumulate(self.model, micro)
+                accumulated = self.objective.accumulate(self.engine_model, micro)
                 outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
                                         accumulated.loss)
                 lr = self.scheduler.get_last_lr()[0]
@@ -287,6 +336,7 @@ class Trainer:
                 self.counters["step"] += 1
                 self.counters["skipped"] += not outcome.stepped
                 self._refuse_divergence(outcome.stepped)
+                tokens = int(distributed.all_sum([local_tokens])[0])  # over all processes
                 seconds = time.perf_counter() - start
                 loss, step = accumulated.loss, self.counters["step"]
                 self._emit({
@@ -295,20 +345,24 @@ class Trainer:
                     "loss": loss, "lr": lr, "grad_norm": outcome.grad_norm,
                     "stepped": outcome.stepped, "tokens": tokens,
                     "targets": accumulated.targets, "tokens_per_s": tokens / seconds,
-                    "mfu": flops * tokens / seconds / peak, "memory_mb": self._memory_mb(),
+                    "mfu": flops * tokens / seconds / (peak * self.ranks.world_size),
+                    "memory_mb": self._memory_mb(),
                     **sources, **accumulated.metrics})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 if self.val_batches and (step % cfg.eval_every == 0 or step == self.total_steps):
                     self._evaluate(loss)
                     stopped_early = self.early.should_stop
+                # a stop asked of any process (Ctrl-C, a callback) stops them all here
+                self._stop_requested = distributed.any_process(self._stop_requested)
                 if (step % cfg.save_every == 0 or step == self.total_steps or stopped_early
                         or self._stop_requested):
                     self.save()
                 if stopped_early or self._stop_requested:
                     break
         bar.close()
-        self.plot()
+        if self.ranks.is_main:
+            self.plot()
         last = self.counters["step"]
         written = self.checkpoints / step_dir_name(last)
         return TrainResult(
