@@ -55,9 +55,10 @@ def _train(run_dir: str, dtype: torch.dtype = torch.float32, objective: str = "s
     model = lora_model(dropout=dropout).to(dtype)
     examples = _examples() if objective == "sft" else _pairs(model)
     config = TrainConfig(**{"lr": 1e-3, "max_steps": 10, "batch_size": 4, "grad_accum": 2,
-                            "warmup_ratio": 0.0, "eval_every": 100, "save_every": 4, **settings})
-    trainer = Trainer(model, examples, config, run_dir, PAD, progress=False, max_length=64,
-                      objective=DPOObjective(0.1, 0.5) if objective == "dpo" else None,
+                            "warmup_ratio": 0.0, "eval_every": 5, "save_every": 4, **settings})
+    validation = tiny_examples(6, seed=9) if objective == "sft" else None
+    trainer = Trainer(model, examples, config, run_dir, PAD, validation, progress=False,
+                      max_length=64, objective=DPOObjective(0.1, 0.5) if objective == "dpo" else None,
                       print_fn=lambda line: None)
     if stop_at is not None:
         trainer.callbacks.append(lambda r: r["kind"] == "step" and r["step"] == stop_at
@@ -97,9 +98,14 @@ def test_two_processes_give_the_update_of_one_process(tmp_path):
     for name in CASES:
         limit = 1e-6 if name == "float32" else 1e-12
         assert _max_diff(two[name], one[name]) <= limit, name
-    steps = [json.loads(line) for line in (tmp_path / "two/0/metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in steps] == list(range(1, 11))  # rank 0 alone writes
-    assert not (tmp_path / "two/0/metrics.jsonl.tmp").exists()
+    records = [json.loads(line) for line in
+               (tmp_path / "two/0/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 11))  # rank 0 writes
+    evals = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+    alone = [(r["step"], r["val_loss"]) for r in map(json.loads, (tmp_path / "one/0/metrics.jsonl")
+             .read_text().splitlines()) if r["kind"] == "eval"]
+    assert [s for s, _ in evals] == [s for s, _ in alone] == [5, 10]
+    assert [v for _, v in evals] == pytest.approx([v for _, v in alone], rel=1e-5)
 
 
 def _die_at(run_dir: str, step: int) -> None:

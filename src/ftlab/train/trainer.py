@@ -294,7 +294,10 @@ class Trainer:
 
     def _evaluate(self, train_loss: float) -> None:
         step = self.counters["step"]
-        figures = self.objective.evaluate(self.model, self.val_batches)
+        # every process evaluates the whole validation set (FSDP2 needs all of them in the
+        # forward); rank 0's figures decide for all, so no last-bit difference can split
+        # their early-stopping and checkpoint decisions
+        figures = distributed.broadcast(self.objective.evaluate(self.model, self.val_batches))
         improved = self.early.update({"step": step, "train_loss": train_loss, **figures})
         if improved:
             self.counters["best_step"] = step
