@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import ROOT, environment  # noqa: E402
 
 from ftlab.train.distributed import ranks, run_processes, wrap  # noqa: E402
-from ftlab.train.scaling import (Communication, embedded_lora_run, parameter_counts,  # noqa: E402
-                                 real_model)
+from ftlab.train.scaling import (Communication, capstone_lora, embedded_lora_run,  # noqa: E402
+                                 parameter_counts, real_model)
 
 STEPS = 30
 BANDWIDTHS = {"NVLink (H100 SXM, ~150 GB/s all-reduce bus bandwidth per GPU)": 150e9,
@@ -71,12 +71,9 @@ def _hooked_bytes() -> int:
     model), counted by a communication hook."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    from ftlab.lora import inject_lora
     from ftlab.models import load_base_model
 
-    model, _ = load_base_model()
-    inject_lora(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-                        and n.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))], 16, 32, 0.0)
+    model = capstone_lora(load_base_model()[0])
     ddp = wrap(model.train(), "ddp")
     counted = [0]
 
@@ -91,12 +88,9 @@ def _hooked_bytes() -> int:
 
 
 def communication() -> dict:
-    from ftlab.lora import inject_lora
     from ftlab.models import load_base_model
 
-    embedded, _ = load_base_model()
-    inject_lora(embedded, [n for n, m in embedded.named_modules() if isinstance(m, torch.nn.Linear)
-                           and n.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))], 16, 32, 0.0)
+    embedded = capstone_lora(load_base_model()[0])
     models = {"embedded (capstone LoRA: r 16, attention)": embedded,
               **{f"{name} (configs/: r 16, all projections)": real_model(name)
                  for name in ("SmolLM2-135M", "Qwen2.5-0.5B")}}

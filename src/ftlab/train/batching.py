@@ -18,6 +18,7 @@ import torch
 
 from ftlab.data.collate import collate
 from ftlab.data.labels import IGNORE_INDEX
+from ftlab.errors import ConfigError
 from ftlab.train.distributed import rank_share
 
 MEGABATCH = 50
@@ -102,9 +103,10 @@ class BatchLoader:
         if not examples:
             raise ValueError("no training examples")
         if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of the {world_size} "
-                             "processes: each takes batch_size / processes rows of every "
-                             "micro-batch")
+            raise ConfigError(
+                f"train.batch_size: {batch_size} examples per micro-batch cannot be shared by "
+                f"{world_size} processes; use a multiple of {world_size} (each process takes "
+                "batch_size / processes)")
         if packing and max_length is None:
             raise ValueError("packing needs max_length")
         self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id

@@ -45,12 +45,11 @@ ENGINES = ("ddp", "fsdp")
 
 @dataclass(frozen=True)
 class Ranks:
-    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its
-    machine). ``is_main``: rank 0, the one process that writes files and prints."""
+    """Where this process stands: ``rank`` of ``world_size``. ``is_main``: rank 0, the one
+    process that writes files and prints."""
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -65,8 +64,7 @@ def ranks() -> Ranks:
     """This process's :class:`Ranks` (one process when no process group is initialised)."""
     if not (dist.is_available() and dist.is_initialized()):
         return Ranks()
-    return Ranks(dist.get_rank(), dist.get_world_size(),
-                 int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return Ranks(dist.get_rank(), dist.get_world_size())
 
 
 def launched_world_size() -> int:
@@ -264,7 +262,7 @@ def barrier() -> None:
 
 
 def any_process(flag: bool) -> bool:
-    """True on every process when ``flag`` is true on any (a stop request, early stop)."""
+    """True on every process when ``flag`` is true on any (a stop request)."""
     return bool(all_sum([float(flag)])[0] > 0)
 
 

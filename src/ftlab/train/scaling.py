@@ -57,6 +57,19 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+CAPSTONE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def capstone_lora(model: nn.Module) -> nn.Module:
+    """``model`` with the capstone SFT stage's adapters: LoRA r 16, alpha 32, no dropout,
+    on the attention projections (``configs/capstone.yaml``); only they train."""
+    from ftlab.lora import inject_lora
+
+    targets = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n.endswith(CAPSTONE_TARGETS)]
+    return inject_lora(model, targets, r=16, alpha=32, dropout=0.0)
+
+
 def embedded_lora_run(steps: int = 10, batch_size: int = 8, grad_accum: int = 1,
                       lr: float = 1e-3, seed: int = 0, dtype: torch.dtype = torch.float32,
                       run_dir: str | None = None) -> dict:
@@ -73,7 +86,6 @@ def embedded_lora_run(steps: int = 10, batch_size: int = 8, grad_accum: int = 1,
     from transformers.utils import logging
 
     from ftlab.data.prepare import prepare_sft
-    from ftlab.lora import inject_lora
     from ftlab.models import load_base_model
     from ftlab.paths import data_dir
     from ftlab.train.checkpoint import trainable_weights
@@ -85,9 +97,7 @@ def embedded_lora_run(steps: int = 10, batch_size: int = 8, grad_accum: int = 1,
     data = prepare_sft(DataConfig(path=data_dir() / "sft/mixed_style.jsonl", max_length=80,
                                   seed=seed), tokenizer)
     seed_everything(seed)
-    targets = [n for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and n.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))]
-    inject_lora(model, targets, r=16, alpha=32, dropout=0.0)
+    capstone_lora(model)
     config = TrainConfig(lr=lr, max_steps=steps, batch_size=batch_size, grad_accum=grad_accum,
                          warmup_ratio=0.0, eval_every=10**6, save_every=10**6, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -127,11 +127,6 @@ class Trainer:
             raise ConfigError("the model has no trainable parameters: inject adapters "
                               "(ftlab.lora.inject_lora) or unfreeze parameters first")
         self.ranks = distributed.ranks()
-        if config.batch_size % self.ranks.world_size:
-            raise ConfigError(
-                f"train.batch_size: {config.batch_size} examples per micro-batch cannot be shared "
-                f"by {self.ranks.world_size} processes; use a multiple of "
-                f"{self.ranks.world_size} (each process takes batch_size / processes)")
         self.engine = distributed.engine_for(config.distributed) if self.ranks.distributed else None
         self.engine_model = distributed.wrap(model, self.engine)  # what forward runs through
         self.params = [p for p in model.parameters() if p.requires_grad]  # sharded by FSDP2
