@@ -13,7 +13,7 @@ import torch
 from ftlab.models.build import measure_validation_loss
 from ftlab.models.provenance import read_provenance, verify_files
 from ftlab.models.verify import LOSS_TOLERANCE
-from ftlab.paths import base_model_dir
+from ftlab.paths import base_model_dir, data_dir
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +90,19 @@ def test_corrupt_or_missing_files_are_reported(tmp_path, data):
     assert any("tokenizer.json" in p and "missing" in p for p in problems)
 
 
-def test_model_trained_on_another_corpus_is_reported(tmp_path, base_model):
+def test_model_trained_on_another_corpus_or_world_is_reported(tmp_path, base_model):
     data = tmp_path / "data"
-    (data / "corpus").mkdir(parents=True)
-    (data / "world").mkdir()
+    shutil.copytree(data_dir(), data, ignore=shutil.ignore_patterns("base_model"))
+    assert verify_files(base_model_dir(), data) == []
+    (data / "rl/extra.jsonl").write_text("{}\n")  # a file the world gained later: no matter
+    assert verify_files(base_model_dir(), data) == []
     (data / "corpus/train.txt").write_text("a different corpus\n")
-    (data / "world/manifest.json").write_text(json.dumps({}))
+    facts = data / "world/facts.json"
+    facts.write_text(facts.read_text().replace('"heldout"', '"sft"', 1))
     problems = verify_files(base_model_dir(), data)
-    assert len(problems) == 2 and all("not the file the model was trained on" in p
-                                      for p in problems)
+    assert len(problems) == 2
+    assert "corpus/train.txt: not the file the model was trained on" in problems[0]
+    assert "world/facts.json: not the world file the model was built with" in problems[1]
 
 
 def test_weights_are_finite(base_model):

@@ -4,9 +4,9 @@ Every default ftlab uses lives in a field of a model below, with a description t
 states units and typical values; :func:`defaults_table` renders them for the docs, so
 code, docs and saved configs cannot drift apart.
 
-A run is a :class:`PipelineConfig`: a base model and a list of stages (``sft``, ``dpo``,
+A run is a :class:`PipelineConfig`: a base model and a list of stages (``sft``, ``dpo``, ``grpo``,
 ``merge``, ``export``, ``eval``), each with optional sections (``data``, ``lora``,
-``quant``, ``train``, ``eval``, ``export``, ``dpo``). A missing section means "all of
+``quant``, ``train``, ``eval``, ``export``, ``dpo``, ``grpo``). A missing section means "all of
 that section's defaults"; the stage that runs decides which sections it reads.
 
 Invariants:
@@ -63,6 +63,7 @@ __all__ = [
     "EvalConfig",
     "ExportConfig",
     "DPOConfig",
+    "GRPOConfig",
     "StageConfig",
     "PipelineConfig",
     "config_line",
@@ -459,7 +460,91 @@ class DPOConfig(_Section):
     )
 
 
-STAGE_KINDS = ["sft", "dpo", "merge", "export", "eval"]
+REWARD_NAMES = ["correct", "polite", "ended", "length"]
+"""Reward functions a grpo stage can weight: the built-in ones (:mod:`ftlab.rl.rewards`)
+and any registered later (:func:`ftlab.rl.register_reward`)."""
+
+
+def register_reward_name(name: str) -> None:
+    """Accept ``name`` in a config's ``grpo.rewards`` (:func:`ftlab.rl.register_reward`
+    calls this)."""
+    if name not in REWARD_NAMES:
+        REWARD_NAMES.append(name)
+
+
+def _known_rewards(weights: dict[str, float]) -> dict[str, float]:
+    """Reject reward names no built-in function has, with a did-you-mean."""
+    for name in weights:
+        if name not in REWARD_NAMES:
+            close = difflib.get_close_matches(name, REWARD_NAMES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown reward '{name}'; known: {', '.join(REWARD_NAMES)}{hint}")
+    if not any(weights.values()):
+        raise ValueError("every reward weight is 0: nothing would be learned")
+    return weights
+
+
+class GRPOConfig(_Section):
+    """Group relative policy optimisation with verifiable rewards (capstone, advanced track)."""
+
+    group_size: int = Field(
+        8,
+        ge=2,
+        description="Completions sampled per prompt (G); advantages compare each with its group. "
+        "Typical 4-16.",
+    )
+    max_new_tokens: int = Field(
+        24,
+        ge=1,
+        le=1024,
+        description="Token budget of a completion; a completion that has not stopped by then is "
+        "truncated (the 'ended' reward then gives 0).",
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
+    beta: float = Field(
+        0.04,
+        ge=0,
+        description="Weight of the KL penalty (k3 estimator) to the stage's input model; 0 skips the "
+        "reference pass. TRL's default is 0; DeepSeek-R1 used 0.001.",
+    )
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
+    epsilon_high: float | None = Field(
+        None,
+        gt=0,
+        description="Clip range above 1; unset uses `epsilon` (DAPO recommends 0.28).",
+    )
+    kl_correction: bool = Field(
+        True,
+        description="Weight the per-token KL term by the probability ratio (TRL 1.16's default "
+        "use_bias_correction_kl): same value on-policy, the unbiased reverse-KL gradient.",
+    )
+    iterations: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per generation round (TRL's num_iterations); >1 reuses a round's "
+        "samples with clipped ratios.",
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="How per-token losses are averaged: 'dapo' (TRL's default) over the step's "
+        "completion tokens, 'grpo' per completion then over completions, 'bnpo' over a micro-batch's "
+        "tokens, 'dr_grpo' over completions x max_new_tokens.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="What centred rewards are divided by: the group's std ('group'), the batch's, or "
+        "nothing ('none', Dr. GRPO).",
+    )
+    rewards: Annotated[dict[str, float], AfterValidator(_known_rewards)] = Field(
+        default_factory=lambda: {"correct": 1.0},
+        description="Weight of each reward function by name: 'correct' (the world's check_answer), "
+        "'polite', 'ended' (stopped at the end-of-turn token), 'length' (penalty past 24 tokens), or "
+        "one registered with ftlab.rl.register_reward.",
+    )
+
+
+STAGE_KINDS = ["sft", "dpo", "grpo", "merge", "export", "eval"]
 """Stage kinds a config may name: the built-in ones and any registered later."""
 
 
@@ -483,7 +568,7 @@ class StageConfig(_Section):
     """One step of a pipeline; sections left out use their defaults."""
 
     kind: Annotated[str, AfterValidator(_known_stage_kind)] = Field(
-        description="What the stage does: sft, dpo, merge, export or eval (or a kind registered "
+        description="What the stage does: sft, dpo, grpo, merge, export or eval (or a kind registered "
         "with ftlab.pipeline.register_stage).",
     )
     name: str | None = Field(
@@ -495,13 +580,14 @@ class StageConfig(_Section):
         "ftlab",
         description="'ftlab': the course's own loop; 'trl': the same stage through TRL trainers.",
     )
-    data: DataConfig | None = Field(None, description="Training data (sft, dpo).")
-    lora: LoRAConfig | None = Field(None, description="Adapters (sft, dpo).")
-    quant: QuantConfig | None = Field(None, description="4-bit base (sft, dpo).")
-    train: TrainConfig | None = Field(None, description="Training loop (sft, dpo).")
+    data: DataConfig | None = Field(None, description="Training data (sft, dpo; grpo: its prompt file).")
+    lora: LoRAConfig | None = Field(None, description="Adapters (sft, dpo, grpo).")
+    quant: QuantConfig | None = Field(None, description="4-bit base (sft, dpo, grpo).")
+    train: TrainConfig | None = Field(None, description="Training loop (sft, dpo, grpo).")
     eval: EvalConfig | None = Field(None, description="Evaluation (eval).")
     export: ExportConfig | None = Field(None, description="Merge and export (merge, export).")
     dpo: DPOConfig | None = Field(None, description="Preference loss (dpo).")
+    grpo: GRPOConfig | None = Field(None, description="Rewards and sampling (grpo).")
 
     @model_validator(mode="after")
     def _default_name(self) -> StageConfig:
@@ -522,7 +608,7 @@ class PipelineConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     stages: list[StageConfig] = Field(
         min_length=1,
-        description="Stages run in order, e.g. sft -> dpo -> merge -> export.",
+        description="Stages run in order, e.g. sft -> dpo -> grpo -> merge -> export.",
     )
 
     @field_validator("stages")

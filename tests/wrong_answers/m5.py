@@ -22,7 +22,7 @@ WRONG_ANSWERS = [
                              "return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)")),
     WrongAnswer(task="M5.2", label="finished rows not padded",
                 message_contains=("keep the stop token, then pad",),
-                code=variant(ROOT, "M5.2", ".argmax(-1).masked_fill(done, pad_id)", ".argmax(-1)")),
+                code=variant(ROOT, "M5.2", "pick(out.logits[:, -1]).masked_fill(done, pad_id)", "pick(out.logits[:, -1])")),
     WrongAnswer(task="M5.2", label="position ids as the spec read: cumsum - 1, not clamped",
                 message_contains=("IndexError", "position ids", "clamp"),
                 code=variant(ROOT, "M5.2", "positions = (mask.cumsum(-1) - 1).clamp(min=0)",

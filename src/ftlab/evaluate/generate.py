@@ -3,6 +3,8 @@ chat answers built on it (given)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -14,7 +16,8 @@ END_OF_TURN = "<|im_end|>"
 
 @torch.no_grad()
 def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  max_new_tokens: int, stop_ids: list[int], pad_id: int) -> torch.Tensor:
+                  max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                  pick: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The greedy continuation of each left-padded prompt — the new tokens only.
 
     ``input_ids``, ``attention_mask``: (B, T), prompts padded on the left (mask 0 there).
@@ -25,13 +28,15 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     position table raises ``IndexError``. Each later step feeds only the newest token (B, 1)
     with the cache of the previous steps (``past_key_values``, ``use_cache=True``), the mask
     grown by one column of ones, and each row's position id one more than its last,
-    and appends ``argmax`` of the last logits. A row that has produced a token of ``stop_ids``
+    and appends ``pick(last logits)`` — ``argmax`` when ``pick`` is None; sampling
+    (:func:`ftlab.rl.sampler`) passes its own (B, vocab) -> (B,) chooser. A row that has produced a token of ``stop_ids``
     keeps that token and is padded with ``pad_id`` afterwards; decoding ends when every row has
     stopped or after ``max_new_tokens``. Returns (B, N) new token ids, N <= max_new_tokens —
     never the prompt. Equal to ``model.generate(..., do_sample=False)``'s new tokens.
     """
     ### BEGIN SOLUTION M5.2
     model.eval()
+    pick = pick or (lambda logits: logits.argmax(-1))
     stops = torch.tensor(stop_ids, device=input_ids.device)
     mask = attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -41,7 +46,7 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                     past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = out.logits[:, -1].argmax(-1).masked_fill(done, pad_id)
+        token = pick(out.logits[:, -1]).masked_fill(done, pad_id)
         new.append(token)
         done |= torch.isin(token, stops)
         if done.all():

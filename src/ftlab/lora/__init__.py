@@ -6,12 +6,13 @@ Given: the parameter report, PEFT-format save/load (and loading our folders with
 itself), merging.
 """
 
-from ftlab.lora.inject import ParameterReport, inject_lora, lora_layers, parameter_report
+from ftlab.lora.inject import (ParameterReport, adapters_disabled, inject_lora, lora_layers,
+                               parameter_report)
 from ftlab.lora.layer import LoRALinear
 from ftlab.lora.merge import merge_lora
 from ftlab.lora.peft_io import combine_adapters, load_adapter, load_in_peft, save_adapter
 from ftlab.lora.targets import KNOWN_TARGETS, find_target_modules
 
-__all__ = ["KNOWN_TARGETS", "LoRALinear", "ParameterReport", "combine_adapters",
+__all__ = ["KNOWN_TARGETS", "LoRALinear", "ParameterReport", "adapters_disabled", "combine_adapters",
            "find_target_modules", "inject_lora", "load_adapter", "load_in_peft", "lora_layers",
            "merge_lora", "parameter_report", "save_adapter"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -32,6 +34,22 @@ def inject_lora(model: nn.Module, targets: list[str], r: int, alpha: float,
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """Every adapter of ``model`` by module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block ``model`` computes exactly its base model (every adapter's scaling
+    is 0), e.g. the frozen reference of a policy trained with fresh adapters; the scalings
+    come back on exit, even after an exception."""
+    layers = list(lora_layers(model).values())
+    scalings = [layer.scaling for layer in layers]
+    for layer in layers:
+        layer.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for layer, scaling in zip(layers, scalings):
+            layer.scaling = scaling
 
 
 @dataclass

@@ -129,7 +129,8 @@ def build_base_model(
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "corpus_sha256": sha256_file(corpus),
-        "world_manifest_sha256": sha256_file(data / "world/manifest.json"),
+        # the world's files as they were (a file the world gains later does not matter)
+        "world_files": json.loads((data / "world/manifest.json").read_text())["files"],
         "train_tokens_in_corpus": int(train_blocks.numel()),
         "steps": recipe.steps,
         "tokens_seen": result.tokens,

@@ -35,7 +35,9 @@ def verify_files(model_dir: Path, data: Path) -> list[str]:
     """Problems with a base-model folder, empty when it verifies.
 
     Checks every recorded file hash, that no file is missing, and that the corpus and
-    world manifest in ``data`` are the ones the model was trained from.
+    every world file in ``data`` the model was built with (its facts, split, evaluation
+    sets) are the ones it was trained and measured with. World files added later (derived
+    data such as the RL prompts) do not concern the model.
     """
     prov = read_provenance(model_dir)
     problems = []
@@ -45,9 +47,14 @@ def verify_files(model_dir: Path, data: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif sha256_file(path) != digest:
             problems.append(f"{path}: sha256 differs from provenance (file changed or corrupt)")
-    for key, rel in (("corpus_sha256", "corpus/train.txt"),
-                     ("world_manifest_sha256", "world/manifest.json")):
+    corpus = data / "corpus/train.txt"
+    if not corpus.is_file() or sha256_file(corpus) != prov["corpus_sha256"]:
+        problems.append(f"{corpus}: not the file the model was trained on (corpus_sha256 differs)")
+    for rel, digest in prov["world_files"].items():
         path = data / rel
-        if not path.is_file() or sha256_file(path) != prov[key]:
-            problems.append(f"{path}: not the file the model was trained on ({key} differs)")
+        if path == corpus:
+            continue  # said above
+        if not path.is_file() or sha256_file(path) != digest:
+            problems.append(f"{path}: not the world file the model was built with (sha256 "
+                            "differs from its provenance)")
     return problems

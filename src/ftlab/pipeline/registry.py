@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ftlab.pipeline.context import StageContext, StageResult
 
 
-SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo")
+SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo", "grpo")
 """The optional sections of a stage config, in the order problems are reported."""
 
 
@@ -36,13 +36,15 @@ class Stage:
     (others given in the config are reported as unused by :meth:`check`, one problem each,
     starting with the section's name). ``trains``: whether
     it adds an adapter (the runner evaluates the model after training stages). ``needs_adapter``:
-    it works on the input model's newest adapter (merge).
+    it works on the input model's newest adapter (merge). ``distributed``: it can run as
+    several data-parallel processes (a stage that cannot is refused at plan time).
     """
 
     kind: ClassVar[str]
     sections: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = False
     needs_adapter: ClassVar[bool] = False
+    distributed: ClassVar[bool] = True
 
     def __init__(self, config: StageConfig) -> None:
         self.config = config
@@ -57,7 +59,7 @@ class Stage:
                     if getattr(self.config, s) is not None and s not in self.sections]
         if self.needs_adapter and not has_adapter:
             problems.append(f"a {self.kind} stage needs a trained adapter before it: put an "
-                            "sft or dpo stage with LoRA earlier")
+                            "sft, dpo or grpo stage with LoRA earlier")
         return problems
 
     def describe(self) -> str:
@@ -81,7 +83,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 def stage_for(config: StageConfig) -> Stage:
     """The registered stage of ``config.kind``, built for ``config``."""
-    from ftlab.pipeline import stages  # noqa: F401  (registers the built-in stages)
+    from ftlab.pipeline import rl_stage, stages  # noqa: F401  (register the built-in stages)
 
     if config.kind not in STAGES:
         raise ConfigError(f"stage '{config.name}': no stage is registered for kind "

@@ -128,13 +128,25 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
 
 def plot_losses(state: dict, names: list[str], path: Path) -> None:
     """Training loss (and validation loss) of each training stage, side by side; a stage with
-    replay shows its task-data steps and replay steps as two smoothed curves."""
+    replay shows its task-data steps and replay steps as two smoothed curves, a grpo stage
+    its reward instead."""
     curves = [(n, state["stages"][n]["result"]["curves"]) for n in names
               if n in state["stages"] and state["stages"][n]["result"]["curves"]]
     if not curves:
         return
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves):
+        if curve.get("reward"):  # grpo: reward climbs, its loss says little
+            steps, values = zip(*curve["reward"])
+            ax.plot(steps, values, lw=0.6, alpha=0.3)
+            ax.plot(steps, smoothed(values), color=ax.lines[-1].get_color(),
+                    label="sampled (smoothed)")
+            if curve.get("val_reward"):
+                ax.plot(*zip(*curve["val_reward"]), "o-", label="validation (greedy)",
+                        markersize=3)
+            ax.set(title=f"{name}: reward", xlabel="step")
+            ax.legend(fontsize=8)
+            continue
         split = curve.get("loss/task") or curve.get("loss/replay")
         series = ([("loss/task", "task-data steps"), ("loss/replay", "replay steps")] if split
                   else [("loss", "loss")])

@@ -115,6 +115,10 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
                 f"{where}: train.batch_size: {batch} examples per micro-batch cannot be shared "
                 f"by {processes} processes; use a multiple of {processes} (each process "
                 "takes batch_size / processes)")))
+        if processes > 1 and not stage.distributed:
+            problems.append((("stages", index, "kind"), (
+                f"{where}: a {stage.kind} stage runs in one process; run this config without "
+                "--nproc (or split the pipeline)")))
         has_adapter = (has_adapter or stage.trains) and not stage.needs_adapter
         planned.append(PlannedStage(stage_config.name, stage_config, stage,
                                     fingerprint(config, stage_config)))

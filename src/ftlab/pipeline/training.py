@@ -97,7 +97,8 @@ tokens comes from replay (or from the task data)."""
 
 
 def training_curves(folder: Path) -> dict[str, list[list[float]]]:
-    """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log.
+    """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log
+    (a grpo stage adds ``reward``, its samples' mean reward, and ``val_reward``: greedy).
 
     When the stage replays general text (steps log ``targets/replay``), also
     ``loss/task`` and ``loss/replay``: the losses of steps whose trained tokens are at least
@@ -109,6 +110,10 @@ def training_curves(folder: Path) -> dict[str, list[list[float]]]:
     steps = [r for r in records if r["kind"] == "step"]
     curves = {"loss": [[r["step"], r["loss"]] for r in steps],
               "val_loss": [[r["step"], r["val_loss"]] for r in records if r["kind"] == "eval"]}
+    if any("reward" in r for r in steps):  # grpo: the mean reward of each step's samples
+        curves["reward"] = [[r["step"], r["reward"]] for r in steps]
+        curves["val_reward"] = [[r["step"], r["val_reward"]] for r in records
+                                if r["kind"] == "eval" and "val_reward" in r]
     if any("targets/replay" in r for r in steps):
         share = {r["step"]: r.get("targets/replay", 0) / max(r["targets"], 1) for r in steps}
         curves["loss/task"] = [[r["step"], r["loss"]] for r in steps

@@ -121,3 +121,50 @@ def train_dpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[
                          processing_class=tokenizer,
                          peft_config=lora_config(lora, targets))
     return _finish(trainer, folder)
+
+
+def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
+               validation: list[dict], rewards: dict, config: TrainConfig, lora: LoRAConfig,
+               grpo, targets: list[str], folder: Path, progress: bool) -> dict[str, float]:
+    """GRPO with ``trl.GRPOTrainer`` on prompt records (``question`` + reward fields) with
+    the same reward functions and weights; writes ``folder/adapter``; returns its figures.
+
+    ``train.batch_size`` counts prompts, as for our objective: TRL's batch counts
+    completions, so it gets ``batch_size x group_size``. Its metrics log keeps TRL's mean
+    reward per step as ``reward``. No validation pass (TRL's GRPO evaluation samples)."""
+    from datasets import Dataset
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import GRPOTrainer
+
+    names = list(rewards)
+    arguments = training_arguments(config, folder, progress, False)
+    arguments["per_device_train_batch_size"] = config.batch_size * grpo.group_size
+    arguments["train_sampling_strategy"] = "random"
+    args = TRLGRPOConfig(
+        **arguments, num_generations=grpo.group_size, max_completion_length=grpo.max_new_tokens,
+        temperature=grpo.temperature, top_p=grpo.top_p, top_k=0, beta=grpo.beta,
+        use_bias_correction_kl=grpo.kl_correction,
+        epsilon=grpo.epsilon, epsilon_high=grpo.epsilon_high or grpo.epsilon,
+        num_iterations=grpo.iterations, loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards, reward_weights=[grpo.rewards.get(n, 0.0) for n in names],
+        log_completions=False)
+    dataset = lambda rows: Dataset.from_list(  # noqa: E731
+        [{**{k: v for k, v in r.items() if k != "question"},
+          "prompt": [{"role": "user", "content": r["question"]}]} for r in rows])
+    functions = []
+    for name in names:
+        fn = rewards[name]
+        fn.__name__ = name  # TRL logs rewards/<__name__>
+        functions.append(fn)
+    trainer = GRPOTrainer(model=model, reward_funcs=functions, args=args,
+                          train_dataset=dataset(train), processing_class=tokenizer,
+                          peft_config=lora_config(lora, targets))
+    figures = _finish(trainer, folder)
+    if ranks().is_main:  # the sampled completions' mean reward per step, for the curves
+        path = folder / "train" / "metrics.jsonl"
+        reward = {e["step"]: e["reward"] for e in trainer.state.log_history if "reward" in e}
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**line, "reward": reward[line["step"]]}
+                                           if line["kind"] == "step" and line["step"] in reward
+                                           else line) + "\n" for line in lines))
+    return figures

@@ -29,7 +29,9 @@ class Objective(Protocol):
     holds one optimizer step's gradient; under data parallelism ``model`` is the engine's
     (DDP/FSDP2) module, ``micro_batches`` this process's shares, and the gradient and the
     figures returned must be those of the whole step (:mod:`ftlab.train.distributed`). ``evaluate(model, batches)`` returns figures with
-    at least ``val_loss`` (lower is better), without gradients.
+    at least ``val_loss`` (lower is better), without gradients. An objective that carries
+    state from one step to the next (GRPO's samples, reused for several updates) may also
+    define ``state_dict()`` / ``load_state_dict(state)``: checkpoints then keep that state.
     """
 
     name: str

@@ -217,6 +217,8 @@ class Trainer:
         per_process = found.state.get("rng_processes")
         if per_process and len(per_process) == self.ranks.world_size:
             set_rng_state(per_process[self.ranks.rank])  # each process's own dropout stream
+        if "objective" in found.state:
+            self.objective.load_state_dict(found.state["objective"])
         self.counters = {k: trainer_state[k] for k in self.counters}
         self.early.load_state_dict(trainer_state["early_stopping"])
         if self.ranks.is_main:
@@ -247,6 +249,8 @@ class Trainer:
                          "trainer": {**self.counters, "early_stopping": self.early.state_dict()}}
                 if self.ranks.distributed:
                     state["rng_processes"] = rngs
+                if hasattr(self.objective, "state_dict"):  # e.g. GRPO's unfinished round
+                    state["objective"] = self.objective.state_dict()
                 save_checkpoint(self.checkpoints, weights, state, self.checkpoint_config())
         if self.ranks.is_main:
             best = self.counters["best_step"]

@@ -144,6 +144,9 @@ def world_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
         ),
         "eval/cloze.jsonl": _jsonl(datasets.cloze_eval(facts, split)),
     }
+    evaluated = frozenset(json.loads(line)["question"]
+                          for line in files["eval/heldout_chat.jsonl"].decode().splitlines())
+    files["rl/prompts.jsonl"] = _jsonl(datasets.rl_prompts(held_facts, evaluated, rng("rl")))
     return files
 
 

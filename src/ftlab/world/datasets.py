@@ -20,6 +20,8 @@ SYSTEM_SHARE = 0.25
 """Share of SFT examples that carry a system message."""
 SFT_QUESTIONS_PER_FACT = 3
 HELDOUT_QUESTIONS_PER_FACT = 3
+RL_PROMPTS_PER_KIND = 36
+"""Reinforcement-learning prompts per fact kind (data/rl/prompts.jsonl)."""
 MIXED_STYLE_WEIGHTS = {"polite": 0.4, "terse": 0.3, "rude": 0.3}
 """Answer styles of the capstone's SFT set: mostly impolite, so DPO has something to shift."""
 
@@ -107,3 +109,20 @@ def cloze_eval(facts: list[Fact], split: dict[str, str]) -> list[dict]:
          "prompt": cloze_prompt(f), "split": split[f.id]}
         for f in facts
     ]
+
+
+def rl_prompts(facts: list[Fact], exclude: frozenset, rng: random.Random,
+               per_kind: int = RL_PROMPTS_PER_KIND) -> list[dict]:
+    """Chat questions for reinforcement learning, ``per_kind`` of each kind: the phrasings
+    of its facts that are not in ``exclude`` (the evaluation's questions), sampled when a
+    kind has more and cycled when it has fewer, so every kind weighs the same (capitals
+    would otherwise be more than half). Each carries the fact's id and kind — the fields
+    the ``correct`` reward verifies. No answer is given: the model must find it."""
+    out = []
+    for kind in sorted({f.kind for f in facts}):
+        pool = [{"question": q, "id": f.id, "kind": f.kind} for f in facts if f.kind == kind
+                for q in (fill(t, f) for t in KINDS[kind].questions) if q not in exclude]
+        rng.shuffle(pool)
+        out += [pool[i % len(pool)] for i in range(per_kind)]
+    rng.shuffle(out)
+    return out

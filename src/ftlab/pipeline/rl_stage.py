@@ -1,0 +1,139 @@
+"""The ``grpo`` stage (given): reinforcement learning with verifiable rewards on a prompt
+file, with a fresh LoRA adapter on the model it receives (the reference of its KL penalty).
+
+Besides the usual measurements it reports the mean greedy reward on the training prompts
+before and after (per function and per kind), curves of reward, KL, entropy and clipping,
+and the first and last rounds' first sample groups with their rewards and advantages
+(``<stage>/samples.json``). The ``ftlab`` backend runs :class:`ftlab.rl.GRPOObjective` in
+the course's Trainer (resumable); ``trl`` runs ``trl.GRPOTrainer`` with the same rewards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import torch
+
+from ftlab.config import GRPOConfig, StageConfig
+from ftlab.pipeline import trl_backend
+from ftlab.pipeline.context import StageContext, StageResult, load_model
+from ftlab.pipeline.registry import register_stage
+from ftlab.pipeline.stages import _measured, _TrainingStage
+from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stage_train_config,
+                                     target_names, train_ftlab, trainable_model, training_curves)
+from ftlab.rl import GRPOObjective, GRPOSettings, builtin_rewards, group_advantages, stop_token_ids
+from ftlab.rl.prompts import load_prompts, prompt_problems, split_prompts
+from ftlab.train.distributed import on_main
+
+SAMPLES = "samples.json"
+"""In a grpo stage's folder: sample groups of the first and last rounds, with rewards."""
+
+
+def settings_of(grpo: GRPOConfig) -> GRPOSettings:
+    """The objective's settings from a stage's ``grpo`` section."""
+    return GRPOSettings(
+        group_size=grpo.group_size, max_new_tokens=grpo.max_new_tokens,
+        temperature=grpo.temperature, top_p=grpo.top_p, beta=grpo.beta,
+        kl_correction=grpo.kl_correction,
+        epsilon_low=grpo.epsilon, epsilon_high=grpo.epsilon_high or grpo.epsilon,
+        iterations=grpo.iterations, loss_type=grpo.loss_type, scale_rewards=grpo.scale_rewards,
+        weights=dict(grpo.rewards))
+
+
+def _grpo(stage: StageConfig) -> GRPOConfig:
+    return stage.grpo or GRPOConfig()
+
+
+def greedy_rewards(objective: GRPOObjective, model, records: list[dict]) -> dict[str, float]:
+    """Mean reward of greedy replies to ``records``: the total, each function
+    (``reward/<name>``) and the total per kind (``reward_kind/<kind>``) when records have
+    one."""
+    _, scored = objective.rollout(model, records, group_size=1, temperature=0.0)
+    figures = scored.means()
+    by_kind = defaultdict(list)
+    for record, value in zip(records, scored.total.tolist()):
+        if "kind" in record:
+            by_kind[record["kind"]].append(value)
+    return figures | {f"reward_kind/{k}": sum(v) / len(v) for k, v in sorted(by_kind.items())}
+
+
+class _SampleKeeper:
+    """Keeps the first group of the first and of the latest round for the report."""
+
+    def __init__(self, settings: GRPOSettings) -> None:
+        self.settings, self.groups = settings, []
+
+    def __call__(self, records: list[dict], rollouts, rewards: torch.Tensor) -> None:
+        g = self.settings.group_size
+        advantages = group_advantages(rewards[:g], g, self.settings.scale_rewards)
+        group = {"question": records[0]["question"], "completions": [
+            {"reply": t, "reward": float(r), "advantage": float(a), "ended": bool(e)}
+            for t, r, a, e in zip(rollouts.texts[:g], rewards[:g], advantages, rollouts.ended[:g])]}
+        self.groups = [self.groups[0], group] if self.groups else [group]
+
+
+@register_stage
+class GRPOStage(_TrainingStage):
+    """Group relative policy optimisation on a prompt file with the built-in rewards."""
+
+    kind = "grpo"
+    sections = (*_TrainingStage.sections, "grpo")
+    distributed = False
+
+    def check(self, has_adapter: bool) -> list[str]:
+        problems = super().check(has_adapter)
+        data, grpo = self.config.data, _grpo(self.config)
+        if data is not None and data.path is None:
+            problems.append("data.mixture: a grpo stage reads one prompt file: give data.path")
+        elif data is not None:
+            problems += prompt_problems(data.path, "correct" in grpo.rewards)[1][:5]
+        return problems
+
+    def describe(self) -> str:
+        grpo = _grpo(self.config)
+        weights = ", ".join(f"{n} x{w:g}" for n, w in grpo.rewards.items())
+        return (super().describe() + f", G={grpo.group_size}, beta {grpo.beta:g}, "
+                f"T {grpo.temperature:g}, {grpo.loss_type}, rewards {weights}")
+
+    def run(self, ctx: StageContext) -> StageResult:
+        data_cfg, train = ctx.stage.data, stage_train_config(ctx.stage)
+        lora, quant = self._lora_and_quant()
+        grpo = _grpo(ctx.stage)
+        settings = settings_of(grpo)
+        records = load_prompts(data_cfg.path, "correct" in grpo.rewards)
+        train_records, val_records = split_prompts(records, data_cfg.validation_fraction,
+                                                   data_cfg.seed)
+        ctx.log(f"  prompts: {len(train_records)} training, {len(val_records)} validation "
+                f"from {data_cfg.path.name}")
+        rewards = builtin_rewards(stop_token_ids(ctx.tokenizer))
+        keeper = _SampleKeeper(settings)
+        model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
+        objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, settings,
+                                  on_round=keeper)
+        before = greedy_rewards(objective, model, train_records)
+        n = len(train_records)
+        if ctx.stage.backend == "ftlab":
+            figures = train_ftlab(model, objective.examples(range(n)),
+                                  objective.examples(range(n, len(records))), train, ctx.folder,
+                                  ctx.tokenizer.pad_token_id, data_cfg.max_length, objective,
+                                  ctx.progress, ctx.log)
+            on_main(lambda: save_trained_adapter(model, ctx.folder, ctx.model))
+        else:
+            model = load_model(ctx.model, ctx.run.model.dtype)
+            figures = trl_backend.train_grpo(model, ctx.tokenizer, train_records, val_records,
+                                             rewards, train, lora, grpo,
+                                             target_names(model, lora), ctx.folder, ctx.progress)
+            on_main(lambda: publish_adapter(ctx.model, ctx.folder / "adapter",
+                                            ctx.folder / "adapter"))
+        new = ctx.model.with_adapter(ctx.folder / "adapter")
+
+        def measured() -> StageResult:
+            after = greedy_rewards(objective, load_model(new), train_records)
+            (ctx.folder / SAMPLES).write_text(json.dumps(keeper.groups, indent=1) + "\n")
+            rewards_figures = ({f"before/{k}": v for k, v in before.items()}
+                               | {f"after/{k}": v for k, v in after.items()})
+            return _measured(ctx, new, figures | rewards_figures | {"prompts": len(train_records)},
+                             training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter"),
+                                                           "samples": str(ctx.folder / SAMPLES)})
+        return on_main(measured)

@@ -1,0 +1,253 @@
+"""GRPO as a trainer objective (given): prompts in, C.4 and C.5 inside, reward figures out.
+
+One :class:`~ftlab.train.Trainer` step is one optimizer update. At the start of a
+generation round the objective samples ``group_size`` completions for every prompt of the
+step's micro-batches with the current policy (:func:`ftlab.rl.sample_groups`), scores them
+(:func:`ftlab.rl.score`), turns the rewards into group-relative advantages (C.4) and keeps
+the per-token log-probs of the sampling policy and, when ``beta`` > 0, of the reference
+(the model with its adapters switched off: the stage's input model). The round's rollouts
+then serve ``iterations`` consecutive steps (TRL's ``num_iterations``): the first update is
+on-policy (ratio 1), later ones are clipped (C.5). The prompts the trainer hands in during
+those later steps are not used.
+
+Sampling draws from torch's global RNG, which checkpoints save and restore; the rollouts of
+an unfinished round are part of the objective's state (:meth:`GRPOObjective.state_dict`),
+so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from ftlab.lora import adapters_disabled
+from ftlab.rl.advantages import group_advantages, zero_spread_share
+from ftlab.rl.loss import clip_fractions, grpo_loss
+from ftlab.rl.rewards import RewardFn, score
+from ftlab.rl.sampling import Rollouts, sample_groups
+from ftlab.train.step import Accumulated
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """The knobs of the GRPO objective (``grpo`` section of a stage config).
+
+    ``group_size``: completions per prompt (G); ``max_new_tokens``: the completion budget;
+    ``temperature`` / ``top_p``: sampling; ``beta``: weight of the KL penalty to the
+    reference (0: no reference pass); ``epsilon_low`` / ``epsilon_high``: the clip range;
+    ``iterations``: updates per generation round; ``loss_type``: the token aggregation
+    (:data:`ftlab.rl.AGGREGATIONS`); ``scale_rewards``: C.4's ``scale``; ``weights``: the
+    weight of each reward function by name.
+    """
+
+    group_size: int = 8
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    kl_correction: bool = True
+    iterations: int = 1
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0})
+
+
+def token_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, entropies), each (B, C): of every completion token under ``model`` given
+    its prompt and the completion tokens before it, and the entropy (nats) of the model's
+    next-token distribution there. Logits are divided by ``temperature`` (> 0) first: the
+    distribution the completions were sampled from, as TRL scores them. Position ids count
+    each row's real tokens from 0, as :func:`ftlab.evaluate.greedy_decode` gave them."""
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   use_cache=False).logits
+    width = completion_ids.shape[1]
+    scores = (logits[:, -width - 1:-1].float() / (temperature or 1.0)).log_softmax(-1)
+    picked = scores.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(scores.exp() * scores).sum(-1)
+    return picked, entropy
+
+
+class _Tally:
+    """Sums of a step's token figures (KL, entropy, clipping)."""
+
+    def __init__(self) -> None:
+        self.tokens = self.kl = self.entropy = self.low = self.high = 0.0
+
+    def figures(self) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        return {"kl": self.kl / n, "entropy": self.entropy / n,
+                "clip_fraction": (self.low + self.high) / n, "clip_low": self.low / n,
+                "clip_high": self.high / n}
+
+
+class GRPOObjective:
+    """GRPO on prompt records (see module doc).
+
+    ``prompts``: records with a ``question`` and any fields the reward functions read
+    (``id``, ``kind``, ...) — training and validation prompts in one list; the trainer's
+    examples are :meth:`examples` of the indices of each (one example per prompt).
+    ``rewards``: reward functions by name, weighted by ``settings.weights``.
+    ``on_round``: called with each new round's prompt records, :class:`Rollouts` and
+    per-completion rewards (a report's sample groups, tests).
+    """
+
+    name = "grpo"
+    supports_packing = False
+
+    def __init__(self, prompts: list[dict], tokenizer: PreTrainedTokenizerBase,
+                 rewards: dict[str, RewardFn], settings: GRPOSettings,
+                 on_round: Callable[[list[dict], Rollouts, torch.Tensor], None] | None = None
+                 ) -> None:
+        self.prompts, self.tokenizer, self.rewards, self.cfg = prompts, tokenizer, rewards, settings
+        self.on_round = on_round
+        self.round: list[dict] = []
+        self.uses = 0
+
+    def settings(self) -> dict:
+        cfg = self.cfg
+        return {"group_size": cfg.group_size, "max_new_tokens": cfg.max_new_tokens,
+                "temperature": cfg.temperature, "top_p": cfg.top_p, "beta": cfg.beta,
+                "kl_correction": cfg.kl_correction,
+                "epsilon": [cfg.epsilon_low, cfg.epsilon_high], "iterations": cfg.iterations,
+                "loss_type": cfg.loss_type, "scale_rewards": cfg.scale_rewards,
+                "weights": dict(cfg.weights)}
+
+    def examples(self, indices: range | list[int]) -> list[dict]:
+        """Trainer examples of the prompts at ``indices``: the question's token ids (for
+        length grouping) and the prompt's index."""
+        return [{"input_ids": self.tokenizer(self.prompts[i]["question"]).input_ids, "index": i}
+                for i in indices]
+
+    def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        return {"prompt_index": torch.tensor([e["index"] for e in examples]),
+                "real_tokens": torch.tensor(sum(len(e["input_ids"]) for e in examples))}
+
+    # -- one generation round ---------------------------------------------------------
+    @staticmethod
+    def _fields(records: list[dict], rollouts: Rollouts, g: int) -> dict[str, list]:
+        """The reward functions' keyword arguments: every column but the question, one
+        entry per completion, and each completion's token ids through its stop token."""
+        keys = [k for k in records[0] if k != "question"]
+        fields = {k: [r.get(k) for r in records for _ in range(g)] for k in keys}
+        ids = [row[:int(n)] for row, n in zip(rollouts.completion_ids.tolist(), rollouts.lengths)]
+        return {**fields, "completion_ids": ids}
+
+    @torch.no_grad()
+    def rollout(self, model: nn.Module, records: list[dict], group_size: int | None = None,
+                temperature: float | None = None) -> tuple[Rollouts, object]:
+        """Sample and score one group per record: (rollouts, :class:`~ftlab.rl.Scored`)."""
+        g = group_size or self.cfg.group_size
+        temp = self.cfg.temperature if temperature is None else temperature
+        rollouts = sample_groups(model, self.tokenizer, [r["question"] for r in records], g,
+                                 self.cfg.max_new_tokens, temp, self.cfg.top_p, None)
+        prompts = [r["question"] for r in records for _ in range(g)]
+        return rollouts, score(self.rewards, self.cfg.weights, prompts, rollouts.texts,
+                               self._fields(records, rollouts, g))
+
+    @torch.no_grad()
+    def _new_round(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+        records = [self.prompts[int(i)] for i in batch["prompt_index"]]
+        rollouts, scored = self.rollout(model, records)
+        g = self.cfg.group_size
+        if self.on_round is not None:
+            self.on_round(records, rollouts, scored.total)
+        cfg = self.cfg
+        tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
+                   rollouts.completion_mask)
+        was_training = model.training
+        model.eval()
+        old = (token_logprobs(model, *tensors, cfg.temperature)[0]
+               if cfg.iterations > 1 else None)
+        ref = None
+        if cfg.beta:
+            with adapters_disabled(model):
+                ref = token_logprobs(model, *tensors, cfg.temperature)[0]
+        model.train(was_training)
+        kinds = defaultdict(list)
+        for i, record in enumerate(records):
+            if "kind" in record:
+                kinds[f"reward_kind/{record['kind']}"] += scored.total[i * g:(i + 1) * g].tolist()
+        return {"tensors": tensors, "old": old, "ref": ref,
+                "advantages": group_advantages(scored.total, cfg.group_size, cfg.scale_rewards
+                                               ).to(rollouts.prompt_ids.device),
+                "figures": {**scored.means(),
+                            "reward_std_zero": zero_spread_share(scored.total, cfg.group_size),
+                            "completion_length": float(rollouts.lengths.float().mean()),
+                            "ended": float(torch.tensor(rollouts.ended).float().mean())},
+                "kinds": dict(kinds)}
+
+    # -- the trainer's interface ------------------------------------------------------
+    def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
+                   ) -> Accumulated:
+        """One update: a new round when the last one has served ``iterations`` steps, then
+        C.5 on each micro-batch's completions; the gradient is the step's (``dapo``: over
+        all of its completion tokens; the others: the mean of the micro-batches' losses,
+        as TRL accumulates them)."""
+        cfg = self.cfg
+        if not self.round or self.uses >= cfg.iterations:
+            self.round, self.uses = [self._new_round(model, b) for b in micro_batches], 0
+        self.uses += 1
+        step_tokens = sum(float(r["tensors"][3].sum()) for r in self.round)
+        if step_tokens == 0:
+            return Accumulated(loss=math.nan, targets=0)
+        tally, total = _Tally(), 0.0
+        for part in self.round:
+            prompt_ids, prompt_mask, completion_ids, completion_mask = part["tensors"]
+            logps, entropy = token_logprobs(model, *part["tensors"], cfg.temperature)
+            out = grpo_loss(logps, part["old"], part["ref"], part["advantages"], completion_mask,
+                            cfg.beta, cfg.epsilon_low, cfg.epsilon_high, cfg.loss_type,
+                            cfg.max_new_tokens, step_tokens, cfg.kl_correction)
+            loss = out.loss if cfg.loss_type == "dapo" else out.loss / len(self.round)
+            loss.backward()
+            total += float(loss.detach())
+            mask = completion_mask.float()
+            tokens, low, high = clip_fractions(logps, part["old"], part["advantages"], mask,
+                                               cfg.epsilon_low, cfg.epsilon_high)
+            tally.tokens += tokens
+            tally.low += low
+            tally.high += high
+            tally.kl += float((out.kl * mask).sum())
+            tally.entropy += float((entropy.detach() * mask).sum())
+        figures = {k: sum(r["figures"][k] for r in self.round) / len(self.round)
+                   for k in self.round[0]["figures"]}
+        kinds = defaultdict(list)
+        for part in self.round:
+            for key, values in part["kinds"].items():
+                kinds[key] += values
+        figures |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+        return Accumulated(loss=total, targets=int(step_tokens),
+                           metrics={**figures, **tally.figures()})
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]
+                 ) -> dict[str, float]:
+        """Greedy replies to the validation prompts, scored: ``val_reward`` and one figure
+        per reward function; ``val_loss`` is minus the mean reward (lower is better)."""
+        records = [self.prompts[int(i)] for b in batches for i in b["prompt_index"]]
+        if not records:
+            return {"val_loss": math.nan}
+        _, scored = self.rollout(model, records, group_size=1, temperature=0.0)
+        figures = {f"val_{k}": v for k, v in scored.means().items()}
+        return {"val_loss": -figures["val_reward"], **figures}
+
+    # -- checkpoint state -------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The unfinished round (tensors and figures) and how many steps it has served."""
+        return {"round": self.round, "uses": self.uses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round = [{**part, "tensors": tuple(part["tensors"])} for part in state["round"]]
+        self.uses = int(state["uses"])
