@@ -7,7 +7,10 @@ import os
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
+import copy  # noqa: E402
+
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from ftlab.paths import base_model_dir, data_dir  # noqa: E402
 
@@ -29,6 +32,20 @@ def base_model():
 @pytest.fixture(scope="session")
 def tokenizer(base_model):
     return base_model[1]
+
+
+@pytest.fixture(scope="session")
+def perturbed():
+    """``make(model, seed=0, scale=0.01)``: a copy of ``model`` with every weight nudged by
+    seeded Gaussian noise of std ``scale`` — a policy that differs from its reference."""
+    def make(model, seed=0, scale=0.01):
+        policy = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+        return policy
+    return make
 
 
 @pytest.fixture(scope="session")

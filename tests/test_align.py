@@ -27,16 +27,6 @@ def pairs():
     return load_pairs(data_dir() / "preferences/train.jsonl")[0]
 
 
-def _perturbed(model, seed=0, scale=0.01):
-    """A copy of ``model`` with every weight nudged: a policy that differs from the reference."""
-    policy = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return policy
-
-
 def test_bad_preference_records_are_reported_with_their_line(tmp_path):
     good = {"prompt": [{"role": "user", "content": "Hi?"}],
             "chosen": [{"role": "assistant", "content": "Hello!"}],
@@ -79,14 +69,14 @@ def test_reference_logprobs_equal_the_model_before_training(embedded, pairs):
     assert torch.allclose(got, want, atol=1e-4)  # different padding per batch: float noise only
 
 
-def test_dpo_gradients_do_not_depend_on_the_micro_batch_split(embedded, pairs):
+def test_dpo_gradients_do_not_depend_on_the_micro_batch_split(embedded, pairs, perturbed):
     model, tok = embedded
     reference = add_reference_logprobs(model, [tokenize_pair(p, tok, 128) for p in pairs[:6]],
                                        tok.pad_token_id, progress=False)
     objective = DPOObjective(beta=0.1, sft_weight=0.5)
     grads = []
     for split in ([6], [2, 4], [3, 3]):
-        policy = _perturbed(model).train()
+        policy = perturbed(model).train()
         batches, start = [], 0
         for size in split:
             batches.append(objective.collate(reference[start:start + size], tok.pad_token_id))
@@ -98,12 +88,12 @@ def test_dpo_gradients_do_not_depend_on_the_micro_batch_split(embedded, pairs):
         assert torch.allclose(grad, grads[0][1], atol=1e-6)
 
 
-def test_dpo_loss_equals_trl_on_the_same_batch_and_models(embedded, pairs, tmp_path):
+def test_dpo_loss_equals_trl_on_the_same_batch_and_models(embedded, pairs, tmp_path, perturbed):
     """TRL's DPOTrainer (loss_type sigmoid + sft) and ours on TRL's own collated batch."""
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
     reference, tok = embedded
-    policy = _perturbed(reference)
+    policy = perturbed(reference)
     chosen = pairs[:6]
     records = [{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
                 "rejected": [{"role": "assistant", "content": p.rejected}]} for p in chosen]

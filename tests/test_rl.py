@@ -16,9 +16,10 @@ from ftlab.lora import adapters_disabled, inject_lora, lora_layers
 from ftlab.models.load import load_base_model
 from ftlab.models.measure import chat_prompt
 from ftlab.paths import data_dir
-from ftlab.rl import (GRPOObjective, GRPOSettings, RewardError, builtin_rewards,
-                      group_advantages, grpo_loss, sample_groups, sampler, score,
-                      stop_token_ids, token_logprobs)
+from ftlab.config import REWARD_NAMES
+from ftlab.rl import (BUILTIN, GRPOObjective, GRPOSettings, RewardError, builtin_rewards,
+                      end_of_turn_ids, group_advantages, grpo_loss, reward_functions,
+                      sample_groups, sampler, score, stop_token_ids, token_logprobs)
 from ftlab.train import Trainer
 
 QUESTIONS = ["What is the capital of France?", "How much is 3 plus 4?",
@@ -30,21 +31,12 @@ def embedded():
     return load_base_model()
 
 
-def _perturbed(model, seed=0, scale=0.02):
-    policy = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return policy
-
-
 def test_sampling_equals_transformers_generate_token_for_token(embedded):
     model, tok = embedded
     tok.padding_side = "left"
     enc = tok([chat_prompt(tok, q) for q in QUESTIONS], return_tensors="pt", padding=True,
               add_special_tokens=False)
-    stops = stop_token_ids(tok)
+    stops = stop_token_ids(tok, model)
     torch.manual_seed(5)
     ours = greedy_decode(model, enc.input_ids, enc.attention_mask, 12, stops, tok.pad_token_id,
                          pick=sampler(0.8, 0.9))
@@ -62,7 +54,8 @@ def test_groups_are_seeded_and_masks_end_at_the_stop_token(embedded):
     two = sample_groups(model, tok, QUESTIONS, 4, 16, 1.0, 1.0, torch.Generator().manual_seed(1))
     assert torch.equal(one.completion_ids, two.completion_ids) and one.texts == two.texts
     assert one.completion_ids.shape[0] == 12 and one.prompt_ids.shape[0] == 12
-    stops = set(stop_token_ids(tok))
+    stops = set(stop_token_ids(tok, model))
+    assert stops == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
     for row, mask, ended in zip(one.completion_ids.tolist(), one.completion_mask.tolist(),
                                 one.ended):
         n = sum(mask)
@@ -106,6 +99,21 @@ def test_reward_errors_name_the_function_and_the_prompt():
         assert "capital of France" in str(e.value)
 
 
+def test_a_run_scores_what_it_weights_and_the_builtins_its_prompts_allow():
+    assert set(BUILTIN) <= set(REWARD_NAMES)  # the config accepts every built-in name
+    assert set(reward_functions({"polite": 1.0}, [2], facts_known=False)) == {
+        "polite", "ended", "length"}  # 'correct' needs a fact id on every prompt
+    assert set(reward_functions({"polite": 1.0}, [2], facts_known=True)) == set(BUILTIN)
+    got = score({"n": lambda prompts, completions, **kw: [torch.tensor(0.5), 1]}, {"n": 1.0},
+                ["q", "q"], ["a", "b"], {})
+    assert got.total.tolist() == [0.5, 1.0]  # tensors and ints are numbers too
+    with pytest.raises(RewardError, match=r"returned None \(NoneType\)"):
+        score({"n": lambda prompts, completions, **kw: [None, 1]}, {"n": 1.0}, ["q", "q"],
+              ["a", "b"], {})
+    with pytest.raises(ValueError, match="do not make whole groups of 4"):
+        group_advantages(torch.zeros(6), 4)
+
+
 def test_trl_advantages_equal_ours_from_the_same_rewards(embedded, tmp_path):
     """TRL computes advantages inside ``_generate_and_score_completions`` (no public function
     for it): we run that on one batch with a reward that records what it returned."""
@@ -136,7 +144,7 @@ def test_trl_advantages_equal_ours_from_the_same_rewards(embedded, tmp_path):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_trl_loss_and_gradients_equal_ours(embedded, tmp_path, loss_type):
+def test_trl_loss_and_gradients_equal_ours(embedded, tmp_path, loss_type, perturbed):
     """The same completions, advantages, old and reference log-probs through TRL's
     ``compute_loss`` and through ours (token_logprobs + C.5): loss to 1e-6 relative, every
     adapter gradient to 1e-5 relative to its largest entry. Left-padded prompts get other
@@ -144,7 +152,7 @@ def test_trl_loss_and_gradients_equal_ours(embedded, tmp_path, loss_type):
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
     base, tok = embedded
-    rollouts = sample_groups(_perturbed(base, 1), tok, QUESTIONS, 4, 10, 1.0, 1.0,
+    rollouts = sample_groups(perturbed(base, 1, 0.02), tok, QUESTIONS, 4, 10, 1.0, 1.0,
                              torch.Generator().manual_seed(0))
     tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
                rollouts.completion_mask)
@@ -153,7 +161,7 @@ def test_trl_loss_and_gradients_equal_ours(embedded, tmp_path, loss_type):
     with torch.no_grad():
         for layer in lora_layers(policy).values():
             layer.lora_B.normal_(std=0.05)
-        old = token_logprobs(_perturbed(policy, 2, 0.01), *tensors)[0]
+        old = token_logprobs(perturbed(policy, 2, 0.01), *tensors)[0]
         with adapters_disabled(policy):
             ref = token_logprobs(policy, *tensors)[0]
     advantages = group_advantages(torch.linspace(-1, 2, 12), 4)
@@ -200,7 +208,7 @@ def _grpo_run(embedded, folder, steps, stop_after=None, iterations=2):
         ("What is the capital of Italy?", "capital:Italy", "capital"))]
     settings = GRPOSettings(group_size=3, max_new_tokens=8, beta=0.05, iterations=iterations,
                             weights={"correct": 1.0, "ended": 0.5})
-    objective = GRPOObjective(prompts, tok, builtin_rewards(stop_token_ids(tok)), settings)
+    objective = GRPOObjective(prompts, tok, builtin_rewards(end_of_turn_ids(tok)), settings)
     config = TrainConfig(lr=5e-3, max_steps=steps, batch_size=2, save_every=1, eval_every=2,
                          seed=0)
     seen = []
@@ -262,12 +270,14 @@ def test_grpo_plan_refuses_bad_prompts_unknown_rewards_and_several_processes(tmp
 
     prompts = _prompts(tmp_path, ['{"question": "What is the capital of France?", "id": "capital:France"}',
                                   'not json', '{"id": "capital:Italy"}',
-                                  '{"question": "What is 2 plus 2?", "id": "sum:nope"}'])
+                                  '{"question": "What is 2 plus 2?", "id": "sum:nope"}',
+                                  '{"question": "Hi?", "id": "capital:Italy", "completions": 1}'])
     with pytest.raises(ConfigError) as e:
         plan(load_config(_rl_config(tmp_path, prompts)))
     text = str(e.value)
     assert f"{prompts}:2: not JSON" in text and f"{prompts}:3: a prompt needs" in text
     assert f"{prompts}:4: the 'correct' reward needs an 'id'" in text and ":1:" not in text
+    assert f"{prompts}:5: column(s) completions would clash" in text
     with pytest.raises(ConfigError) as e:
         load_config(_rl_config(tmp_path, prompts, rewards={"corect": 1.0}))
     assert "rl.yaml:" in str(e.value) and "did you mean 'correct'" in str(e.value)
@@ -276,6 +286,8 @@ def test_grpo_plan_refuses_bad_prompts_unknown_rewards_and_several_processes(tmp
         plan(load_config(_rl_config(tmp_path, good)), processes=2)
     assert "a grpo stage runs in one process" in str(e.value)
     plan(load_config(_rl_config(tmp_path, good)))  # fine in one process
+    with pytest.raises(ConfigError, match="set lora.dropout: 0"):
+        plan(load_config(_rl_config(tmp_path, good, iterations=2)))  # lora.dropout 0.05
 
 
 def test_grpo_stage_trains_reports_and_resumes_after_a_failing_reward(tmp_path):

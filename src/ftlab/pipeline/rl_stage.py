@@ -22,8 +22,8 @@ from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _TrainingStage
 from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stage_train_config,
                                      target_names, train_ftlab, trainable_model, training_curves)
-from ftlab.rl import GRPOObjective, GRPOSettings, builtin_rewards, group_advantages, stop_token_ids
-from ftlab.rl.prompts import load_prompts, prompt_problems, split_prompts
+from ftlab.rl import GRPOObjective, GRPOSettings, end_of_turn_ids, reward_functions
+from ftlab.rl.prompts import MAX_LISTED, load_prompts, prompt_problems, split_prompts
 from ftlab.train.distributed import on_main
 
 SAMPLES = "samples.json"
@@ -64,12 +64,13 @@ class _SampleKeeper:
     def __init__(self, settings: GRPOSettings) -> None:
         self.settings, self.groups = settings, []
 
-    def __call__(self, records: list[dict], rollouts, rewards: torch.Tensor) -> None:
+    def __call__(self, records: list[dict], rollouts, rewards: torch.Tensor,
+                 advantages: torch.Tensor) -> None:
         g = self.settings.group_size
-        advantages = group_advantages(rewards[:g], g, self.settings.scale_rewards)
         group = {"question": records[0]["question"], "completions": [
             {"reply": t, "reward": float(r), "advantage": float(a), "ended": bool(e)}
-            for t, r, a, e in zip(rollouts.texts[:g], rewards[:g], advantages, rollouts.ended[:g])]}
+            for t, r, a, e in zip(rollouts.texts[:g], rewards[:g], advantages[:g],
+                                  rollouts.ended[:g])]}
         self.groups = [self.groups[0], group] if self.groups else [group]
 
 
@@ -87,7 +88,15 @@ class GRPOStage(_TrainingStage):
         if data is not None and data.path is None:
             problems.append("data.mixture: a grpo stage reads one prompt file: give data.path")
         elif data is not None:
-            problems += prompt_problems(data.path, "correct" in grpo.rewards)[1][:5]
+            found = prompt_problems(data.path, "correct" in grpo.rewards)[1]
+            problems += found[:MAX_LISTED] + ([f"data.path: ... and {len(found) - MAX_LISTED} "
+                                               "more problems in the prompt file"]
+                                              if len(found) > MAX_LISTED else [])
+        lora = self.config.lora
+        if grpo.iterations > 1 and (lora is None or lora.dropout > 0):
+            problems.append("lora.dropout: with grpo.iterations > 1 the old log-probs (sampling, "
+                            "no dropout) and the training pass must see the same model, or the "
+                            "first update is not on-policy; set lora.dropout: 0")
         return problems
 
     def describe(self) -> str:
@@ -106,7 +115,8 @@ class GRPOStage(_TrainingStage):
                                                    data_cfg.seed)
         ctx.log(f"  prompts: {len(train_records)} training, {len(val_records)} validation "
                 f"from {data_cfg.path.name}")
-        rewards = builtin_rewards(stop_token_ids(ctx.tokenizer))
+        facts_known = not prompt_problems(data_cfg.path, needs_fact=True)[1]
+        rewards = reward_functions(grpo.rewards, end_of_turn_ids(ctx.tokenizer), facts_known)
         keeper = _SampleKeeper(settings)
         model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
         objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, settings,

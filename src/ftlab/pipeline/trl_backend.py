@@ -123,6 +123,14 @@ def train_dpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[
     return _finish(trainer, folder)
 
 
+def _named(fn, name: str):
+    """``fn`` under ``name`` (TRL names a reward's log after its function)."""
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+    call.__name__ = name
+    return call
+
+
 def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
                validation: list[dict], rewards: dict, config: TrainConfig, lora: LoRAConfig,
                grpo, targets: list[str], folder: Path, progress: bool) -> dict[str, float]:
@@ -131,7 +139,10 @@ def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list
 
     ``train.batch_size`` counts prompts, as for our objective: TRL's batch counts
     completions, so it gets ``batch_size x group_size``. Its metrics log keeps TRL's mean
-    reward per step as ``reward``. No validation pass (TRL's GRPO evaluation samples)."""
+    reward per step as ``reward``. No validation pass (TRL's GRPO evaluation samples). With
+    ``train.epochs`` (not ``max_steps``) and ``grpo.iterations`` > 1 TRL counts steps its own
+    way (each batch repeated, a partial last batch dropped): give ``max_steps`` for runs
+    that compare step for step."""
     from datasets import Dataset
     from trl import GRPOConfig as TRLGRPOConfig
     from trl import GRPOTrainer
@@ -151,11 +162,7 @@ def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list
     dataset = lambda rows: Dataset.from_list(  # noqa: E731
         [{**{k: v for k, v in r.items() if k != "question"},
           "prompt": [{"role": "user", "content": r["question"]}]} for r in rows])
-    functions = []
-    for name in names:
-        fn = rewards[name]
-        fn.__name__ = name  # TRL logs rewards/<__name__>
-        functions.append(fn)
+    functions = [_named(rewards[name], name) for name in names]  # TRL logs rewards/<name>
     trainer = GRPOTrainer(model=model, reward_funcs=functions, args=args,
                           train_dataset=dataset(train), processing_class=tokenizer,
                           peft_config=lora_config(lora, targets))

@@ -35,6 +35,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if group_size < 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not make whole groups of {group_size}")
     ### BEGIN SOLUTION C.4
     grouped = rewards.view(-1, group_size)
     centred = (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)

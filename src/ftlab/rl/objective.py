@@ -12,7 +12,10 @@ those later steps are not used.
 
 Sampling draws from torch's global RNG, which checkpoints save and restore; the rollouts of
 an unfinished round are part of the objective's state (:meth:`GRPOObjective.state_dict`),
-so a resumed run continues bit for bit.
+so a resumed run continues bit for bit. Old log-probs are computed in eval mode: with
+adapter dropout the first update of a round would not be on-policy (the grpo stage refuses
+dropout with ``iterations`` > 1). A step's ``tokens`` figures in the metrics log count the
+questions' tokens; its completion tokens are ``targets``.
 """
 
 from __future__ import annotations
@@ -100,8 +103,8 @@ class GRPOObjective:
     (``id``, ``kind``, ...) — training and validation prompts in one list; the trainer's
     examples are :meth:`examples` of the indices of each (one example per prompt).
     ``rewards``: reward functions by name, weighted by ``settings.weights``.
-    ``on_round``: called with each new round's prompt records, :class:`Rollouts` and
-    per-completion rewards (a report's sample groups, tests).
+    ``on_round``: called with each new round's first micro-batch — its prompt records,
+    :class:`Rollouts`, per-completion rewards and advantages (a report's sample groups).
     """
 
     name = "grpo"
@@ -109,8 +112,8 @@ class GRPOObjective:
 
     def __init__(self, prompts: list[dict], tokenizer: PreTrainedTokenizerBase,
                  rewards: dict[str, RewardFn], settings: GRPOSettings,
-                 on_round: Callable[[list[dict], Rollouts, torch.Tensor], None] | None = None
-                 ) -> None:
+                 on_round: Callable[[list[dict], Rollouts, torch.Tensor, torch.Tensor], None]
+                 | None = None) -> None:
         self.prompts, self.tokenizer, self.rewards, self.cfg = prompts, tokenizer, rewards, settings
         self.on_round = on_round
         self.round: list[dict] = []
@@ -140,7 +143,7 @@ class GRPOObjective:
     def _fields(records: list[dict], rollouts: Rollouts, g: int) -> dict[str, list]:
         """The reward functions' keyword arguments: every column but the question, one
         entry per completion, and each completion's token ids through its stop token."""
-        keys = [k for k in records[0] if k != "question"]
+        keys = sorted({k for r in records for k in r} - {"question"})
         fields = {k: [r.get(k) for r in records for _ in range(g)] for k in keys}
         ids = [row[:int(n)] for row, n in zip(rollouts.completion_ids.tolist(), rollouts.lengths)]
         return {**fields, "completion_ids": ids}
@@ -158,36 +161,47 @@ class GRPOObjective:
                                self._fields(records, rollouts, g))
 
     @torch.no_grad()
-    def _new_round(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
-        records = [self.prompts[int(i)] for i in batch["prompt_index"]]
-        rollouts, scored = self.rollout(model, records)
-        g = self.cfg.group_size
+    def _new_round(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
+                   ) -> list[dict]:
+        """Sample and score every micro-batch's groups, then the advantages over the whole
+        round (``scale_rewards: batch`` divides by the std of all its rewards, as TRL does
+        over its generation batch), and the old and reference log-probs."""
+        cfg, g = self.cfg, self.cfg.group_size
+        sampled = []
+        for batch in micro_batches:
+            records = [self.prompts[int(i)] for i in batch["prompt_index"]]
+            sampled.append((records, *self.rollout(model, records)))
+        totals = torch.cat([scored.total for _, _, scored in sampled])
+        advantages = group_advantages(totals, g, cfg.scale_rewards).split(
+            [len(scored.total) for _, _, scored in sampled])
         if self.on_round is not None:
-            self.on_round(records, rollouts, scored.total)
-        cfg = self.cfg
-        tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
-                   rollouts.completion_mask)
+            self.on_round(sampled[0][0], sampled[0][1], sampled[0][2].total, advantages[0])
         was_training = model.training
         model.eval()
-        old = (token_logprobs(model, *tensors, cfg.temperature)[0]
-               if cfg.iterations > 1 else None)
-        ref = None
-        if cfg.beta:
-            with adapters_disabled(model):
-                ref = token_logprobs(model, *tensors, cfg.temperature)[0]
-        model.train(was_training)
-        kinds = defaultdict(list)
-        for i, record in enumerate(records):
-            if "kind" in record:
-                kinds[f"reward_kind/{record['kind']}"] += scored.total[i * g:(i + 1) * g].tolist()
-        return {"tensors": tensors, "old": old, "ref": ref,
-                "advantages": group_advantages(scored.total, cfg.group_size, cfg.scale_rewards
-                                               ).to(rollouts.prompt_ids.device),
+        parts = []
+        for (records, rollouts, scored), gain in zip(sampled, advantages):
+            tensors = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids,
+                       rollouts.completion_mask)
+            old = (token_logprobs(model, *tensors, cfg.temperature)[0]
+                   if cfg.iterations > 1 else None)
+            ref = None
+            if cfg.beta:
+                with adapters_disabled(model):
+                    ref = token_logprobs(model, *tensors, cfg.temperature)[0]
+            kinds = defaultdict(list)
+            for i, record in enumerate(records):
+                if "kind" in record:
+                    kinds[f"reward_kind/{record['kind']}"] += scored.total[i * g:(i + 1) * g].tolist()
+            parts.append({
+                "tensors": tensors, "old": old, "ref": ref,
+                "advantages": gain.to(rollouts.prompt_ids.device),
                 "figures": {**scored.means(),
-                            "reward_std_zero": zero_spread_share(scored.total, cfg.group_size),
+                            "reward_std_zero": zero_spread_share(scored.total, g),
                             "completion_length": float(rollouts.lengths.float().mean()),
                             "ended": float(torch.tensor(rollouts.ended).float().mean())},
-                "kinds": dict(kinds)}
+                "kinds": dict(kinds)})
+        model.train(was_training)
+        return parts
 
     # -- the trainer's interface ------------------------------------------------------
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
@@ -198,7 +212,7 @@ class GRPOObjective:
         as TRL accumulates them)."""
         cfg = self.cfg
         if not self.round or self.uses >= cfg.iterations:
-            self.round, self.uses = [self._new_round(model, b) for b in micro_batches], 0
+            self.round, self.uses = self._new_round(model, micro_batches), 0
         self.uses += 1
         step_tokens = sum(float(r["tensors"][3].sum()) for r in self.round)
         if step_tokens == 0:

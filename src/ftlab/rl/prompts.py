@@ -19,6 +19,11 @@ from ftlab.world import all_facts
 MAX_LISTED = 5
 """Problems listed one per line before the rest are counted."""
 
+RESERVED = frozenset({"prompt", "prompts", "completions", "completion_ids", "trainer_state",
+                      "log_extra", "log_metric", "environments"})
+"""Names a prompt file's columns may not take: the arguments reward functions receive from
+ftlab or TRL besides the columns."""
+
 
 def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]]:
     """(records, problems) of a prompt file: every line that is not a JSON object with a
@@ -39,7 +44,12 @@ def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]
                 or not record["question"].strip():
             problems.append(f"{where}: a prompt needs a non-empty 'question' string")
             continue
-        if needs_fact and record.get("id") not in facts:
+        clash = sorted(RESERVED & set(record))
+        if clash:
+            problems.append(f"{where}: column(s) {', '.join(clash)} would clash with the "
+                            "reward functions' own arguments; rename them")
+            continue
+        if needs_fact and not (isinstance(record.get("id"), str) and record["id"] in facts):
             problems.append(f"{where}: the 'correct' reward needs an 'id' naming a fact of the "
                             f"world (e.g. 'capital:France'), got {record.get('id')!r}")
             continue

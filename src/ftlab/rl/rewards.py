@@ -98,11 +98,25 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return add
 
 
-def builtin_rewards(stop_ids: Sequence[int]) -> dict[str, RewardFn]:
-    """Every reward function by config name: the built-in ones (``ended`` needs the stop
-    token ids) and the registered ones."""
-    return {"correct": correct, "polite": polite, "ended": ended_by(stop_ids),
-            "length": length_penalty(), **REGISTERED}
+def builtin_rewards(end_ids: Sequence[int]) -> dict[str, RewardFn]:
+    """The built-in reward functions by config name (``ended`` needs the end-of-turn ids,
+    :func:`ftlab.rl.end_of_turn_ids`)."""
+    return {"correct": correct, "polite": polite, "ended": ended_by(end_ids),
+            "length": length_penalty()}
+
+
+BUILTIN = tuple(builtin_rewards(()))
+"""The built-in reward functions' names."""
+
+
+def reward_functions(weights: dict[str, float], end_ids: Sequence[int], facts_known: bool
+                     ) -> dict[str, RewardFn]:
+    """What a run scores: every weighted function (built-in or registered) and, for the
+    logs, the unweighted built-ins that can score its prompts — ``correct`` only when
+    ``facts_known`` (every prompt names a fact of the world)."""
+    functions = {**builtin_rewards(end_ids), **REGISTERED}
+    return {n: f for n, f in functions.items()
+            if n in weights or (n in BUILTIN and (n != "correct" or facts_known))}
 
 
 @dataclass
@@ -141,12 +155,20 @@ def score(functions: dict[str, RewardFn], weights: dict[str, float], prompts: li
             raise RewardError(f"reward function '{name}' returned {len(values)} values for "
                               f"{len(completions)} completions; it must return one per "
                               f"completion (first prompt of the batch: {prompts[0]!r})")
+        numbers = []
         for value, prompt, completion in zip(values, prompts, completions):
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RewardError(f"reward function '{name}' returned {value!r} for the prompt "
-                                  f"{prompt!r} and the reply {reply_text(completion)!r}; "
-                                  "rewards must be finite numbers")
-        columns.append(values)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise RewardError(f"reward function '{name}' returned {value!r} "
+                                  f"({type(value).__name__}) for the prompt {prompt!r} and the "
+                                  f"reply {reply_text(completion)!r}; rewards must be finite "
+                                  "numbers (None, which TRL reads as 'unscorable', is refused "
+                                  "here too: score every completion)")
+            numbers.append(number)
+        columns.append(numbers)
     per_function = torch.tensor(columns, dtype=torch.float32).T.reshape(len(completions), -1)
     weight = torch.tensor([weights.get(n, 0.0) for n in functions], dtype=torch.float32)
     return Scored(list(functions), per_function, per_function @ weight)

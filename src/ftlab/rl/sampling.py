@@ -66,9 +66,21 @@ class Rollouts:
         return self.completion_mask.sum(-1)
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The ids that end a reply: the end-of-turn token and the end-of-text token."""
-    return sorted({tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.eos_token_id} - {None})
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The id that ends an assistant turn: ``<|im_end|>`` where the vocabulary has it,
+    else the tokenizer's end-of-sequence id."""
+    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    return [end if end is not None and end != tokenizer.unk_token_id else tokenizer.eos_token_id]
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module | None = None
+                   ) -> list[int]:
+    """The ids sampling stops at: the end of turn, the tokenizer's end of sequence and,
+    given ``model``, its generation config's end-of-sequence ids (the embedded model's
+    end of text among them) — the set transformers' ``generate`` and TRL stop at."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    more = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted({*end_of_turn_ids(tokenizer), tokenizer.eos_token_id, *more} - {None})
 
 
 @torch.no_grad()
@@ -81,7 +93,7 @@ def sample_groups(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question
     mode is restored afterwards."""
     was_training = model.training
     device = next(model.parameters()).device
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         prompts = [chat_prompt(tokenizer, q) for q in questions for _ in range(group_size)]
