@@ -17,7 +17,8 @@ from ftlab.models.load import load_base_model
 from ftlab.models.measure import chat_prompt
 from ftlab.paths import data_dir
 from ftlab.config import REWARD_NAMES
-from ftlab.rl import (BUILTIN, GRPOObjective, GRPOSettings, RewardError, builtin_rewards,
+from ftlab.config import GRPOConfig
+from ftlab.rl import (BUILTIN, GRPOObjective, RewardError, builtin_rewards,
                       end_of_turn_ids, group_advantages, grpo_loss, reward_functions,
                       sample_groups, sampler, score, stop_token_ids, token_logprobs)
 from ftlab.train import Trainer
@@ -206,8 +207,8 @@ def _grpo_run(embedded, folder, steps, stop_after=None, iterations=2):
         (QUESTIONS[0], "capital:France", "capital"), (QUESTIONS[1], "sum:3 plus 4", "sum"),
         (QUESTIONS[2], "day_after:Monday", "day_after"),
         ("What is the capital of Italy?", "capital:Italy", "capital"))]
-    settings = GRPOSettings(group_size=3, max_new_tokens=8, beta=0.05, iterations=iterations,
-                            weights={"correct": 1.0, "ended": 0.5})
+    settings = GRPOConfig(group_size=3, max_new_tokens=8, beta=0.05, iterations=iterations,
+                            rewards={"correct": 1.0, "ended": 0.5})
     objective = GRPOObjective(prompts, tok, builtin_rewards(end_of_turn_ids(tok)), settings)
     config = TrainConfig(lr=5e-3, max_steps=steps, batch_size=2, save_every=1, eval_every=2,
                          seed=0)

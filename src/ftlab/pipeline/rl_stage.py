@@ -11,8 +11,6 @@ the course's Trainer (resumable); ``trl`` runs ``trl.GRPOTrainer`` with the same
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-
 import torch
 
 from ftlab.config import GRPOConfig, StageConfig
@@ -22,23 +20,13 @@ from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _TrainingStage
 from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stage_train_config,
                                      target_names, train_ftlab, trainable_model, training_curves)
-from ftlab.rl import GRPOObjective, GRPOSettings, end_of_turn_ids, reward_functions
-from ftlab.rl.prompts import MAX_LISTED, load_prompts, prompt_problems, split_prompts
+from ftlab.rl import GRPOObjective, end_of_turn_ids, reward_functions
+from ftlab.rl.rewards import by_kind
+from ftlab.rl.prompts import MAX_LISTED, load_prompts, names_fact, prompt_problems, split_prompts
 from ftlab.train.distributed import on_main
 
 SAMPLES = "samples.json"
 """In a grpo stage's folder: sample groups of the first and last rounds, with rewards."""
-
-
-def settings_of(grpo: GRPOConfig) -> GRPOSettings:
-    """The objective's settings from a stage's ``grpo`` section."""
-    return GRPOSettings(
-        group_size=grpo.group_size, max_new_tokens=grpo.max_new_tokens,
-        temperature=grpo.temperature, top_p=grpo.top_p, beta=grpo.beta,
-        kl_correction=grpo.kl_correction,
-        epsilon_low=grpo.epsilon, epsilon_high=grpo.epsilon_high or grpo.epsilon,
-        iterations=grpo.iterations, loss_type=grpo.loss_type, scale_rewards=grpo.scale_rewards,
-        weights=dict(grpo.rewards))
 
 
 def _grpo(stage: StageConfig) -> GRPOConfig:
@@ -50,23 +38,19 @@ def greedy_rewards(objective: GRPOObjective, model, records: list[dict]) -> dict
     (``reward/<name>``) and the total per kind (``reward_kind/<kind>``) when records have
     one."""
     _, scored = objective.rollout(model, records, group_size=1, temperature=0.0)
-    figures = scored.means()
-    by_kind = defaultdict(list)
-    for record, value in zip(records, scored.total.tolist()):
-        if "kind" in record:
-            by_kind[record["kind"]].append(value)
-    return figures | {f"reward_kind/{k}": sum(v) / len(v) for k, v in sorted(by_kind.items())}
+    return scored.means() | {f"reward_kind/{k}": sum(v) / len(v)
+                             for k, v in sorted(by_kind(records, scored.total, 1).items())}
 
 
 class _SampleKeeper:
     """Keeps the first group of the first and of the latest round for the report."""
 
-    def __init__(self, settings: GRPOSettings) -> None:
-        self.settings, self.groups = settings, []
+    def __init__(self, group_size: int) -> None:
+        self.group_size, self.groups = group_size, []
 
     def __call__(self, records: list[dict], rollouts, rewards: torch.Tensor,
                  advantages: torch.Tensor) -> None:
-        g = self.settings.group_size
+        g = self.group_size
         group = {"question": records[0]["question"], "completions": [
             {"reply": t, "reward": float(r), "advantage": float(a), "ended": bool(e)}
             for t, r, a, e in zip(rollouts.texts[:g], rewards[:g], advantages[:g],
@@ -109,17 +93,16 @@ class GRPOStage(_TrainingStage):
         data_cfg, train = ctx.stage.data, stage_train_config(ctx.stage)
         lora, quant = self._lora_and_quant()
         grpo = _grpo(ctx.stage)
-        settings = settings_of(grpo)
         records = load_prompts(data_cfg.path, "correct" in grpo.rewards)
         train_records, val_records = split_prompts(records, data_cfg.validation_fraction,
                                                    data_cfg.seed)
         ctx.log(f"  prompts: {len(train_records)} training, {len(val_records)} validation "
                 f"from {data_cfg.path.name}")
-        facts_known = not prompt_problems(data_cfg.path, needs_fact=True)[1]
-        rewards = reward_functions(grpo.rewards, end_of_turn_ids(ctx.tokenizer), facts_known)
-        keeper = _SampleKeeper(settings)
+        rewards = reward_functions(grpo.rewards, end_of_turn_ids(ctx.tokenizer),
+                                   all(names_fact(r) for r in records))
+        keeper = _SampleKeeper(grpo.group_size)
         model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
-        objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, settings,
+        objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, grpo,
                                   on_round=keeper)
         before = greedy_rewards(objective, model, train_records)
         n = len(train_records)

@@ -23,44 +23,18 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ftlab.config import GRPOConfig
 from ftlab.lora import adapters_disabled
 from ftlab.rl.advantages import group_advantages, zero_spread_share
 from ftlab.rl.loss import clip_fractions, grpo_loss
-from ftlab.rl.rewards import RewardFn, score
+from ftlab.rl.rewards import RewardFn, by_kind, score
 from ftlab.rl.sampling import Rollouts, sample_groups
 from ftlab.train.step import Accumulated
-
-
-@dataclass(frozen=True)
-class GRPOSettings:
-    """The knobs of the GRPO objective (``grpo`` section of a stage config).
-
-    ``group_size``: completions per prompt (G); ``max_new_tokens``: the completion budget;
-    ``temperature`` / ``top_p``: sampling; ``beta``: weight of the KL penalty to the
-    reference (0: no reference pass); ``epsilon_low`` / ``epsilon_high``: the clip range;
-    ``iterations``: updates per generation round; ``loss_type``: the token aggregation
-    (:data:`ftlab.rl.AGGREGATIONS`); ``scale_rewards``: C.4's ``scale``; ``weights``: the
-    weight of each reward function by name.
-    """
-
-    group_size: int = 8
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.04
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    kl_correction: bool = True
-    iterations: int = 1
-    loss_type: str = "dapo"
-    scale_rewards: str = "group"
-    weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0})
 
 
 def token_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -102,7 +76,8 @@ class GRPOObjective:
     ``prompts``: records with a ``question`` and any fields the reward functions read
     (``id``, ``kind``, ...) — training and validation prompts in one list; the trainer's
     examples are :meth:`examples` of the indices of each (one example per prompt).
-    ``rewards``: reward functions by name, weighted by ``settings.weights``.
+    ``rewards``: reward functions by name, weighted by ``settings.rewards``; ``settings``:
+    the stage config's ``grpo`` section.
     ``on_round``: called with each new round's first micro-batch — its prompt records,
     :class:`Rollouts`, per-completion rewards and advantages (a report's sample groups).
     """
@@ -111,7 +86,7 @@ class GRPOObjective:
     supports_packing = False
 
     def __init__(self, prompts: list[dict], tokenizer: PreTrainedTokenizerBase,
-                 rewards: dict[str, RewardFn], settings: GRPOSettings,
+                 rewards: dict[str, RewardFn], settings: GRPOConfig,
                  on_round: Callable[[list[dict], Rollouts, torch.Tensor, torch.Tensor], None]
                  | None = None) -> None:
         self.prompts, self.tokenizer, self.rewards, self.cfg = prompts, tokenizer, rewards, settings
@@ -120,13 +95,7 @@ class GRPOObjective:
         self.uses = 0
 
     def settings(self) -> dict:
-        cfg = self.cfg
-        return {"group_size": cfg.group_size, "max_new_tokens": cfg.max_new_tokens,
-                "temperature": cfg.temperature, "top_p": cfg.top_p, "beta": cfg.beta,
-                "kl_correction": cfg.kl_correction,
-                "epsilon": [cfg.epsilon_low, cfg.epsilon_high], "iterations": cfg.iterations,
-                "loss_type": cfg.loss_type, "scale_rewards": cfg.scale_rewards,
-                "weights": dict(cfg.weights)}
+        return self.cfg.model_dump(mode="json")
 
     def examples(self, indices: range | list[int]) -> list[dict]:
         """Trainer examples of the prompts at ``indices``: the question's token ids (for
@@ -157,7 +126,7 @@ class GRPOObjective:
         rollouts = sample_groups(model, self.tokenizer, [r["question"] for r in records], g,
                                  self.cfg.max_new_tokens, temp, self.cfg.top_p, None)
         prompts = [r["question"] for r in records for _ in range(g)]
-        return rollouts, score(self.rewards, self.cfg.weights, prompts, rollouts.texts,
+        return rollouts, score(self.rewards, self.cfg.rewards, prompts, rollouts.texts,
                                self._fields(records, rollouts, g))
 
     @torch.no_grad()
@@ -188,10 +157,6 @@ class GRPOObjective:
             if cfg.beta:
                 with adapters_disabled(model):
                     ref = token_logprobs(model, *tensors, cfg.temperature)[0]
-            kinds = defaultdict(list)
-            for i, record in enumerate(records):
-                if "kind" in record:
-                    kinds[f"reward_kind/{record['kind']}"] += scored.total[i * g:(i + 1) * g].tolist()
             parts.append({
                 "tensors": tensors, "old": old, "ref": ref,
                 "advantages": gain.to(rollouts.prompt_ids.device),
@@ -199,7 +164,7 @@ class GRPOObjective:
                             "reward_std_zero": zero_spread_share(scored.total, g),
                             "completion_length": float(rollouts.lengths.float().mean()),
                             "ended": float(torch.tensor(rollouts.ended).float().mean())},
-                "kinds": dict(kinds)})
+                "kinds": by_kind(records, scored.total, g)})
         model.train(was_training)
         return parts
 
@@ -222,14 +187,14 @@ class GRPOObjective:
             prompt_ids, prompt_mask, completion_ids, completion_mask = part["tensors"]
             logps, entropy = token_logprobs(model, *part["tensors"], cfg.temperature)
             out = grpo_loss(logps, part["old"], part["ref"], part["advantages"], completion_mask,
-                            cfg.beta, cfg.epsilon_low, cfg.epsilon_high, cfg.loss_type,
+                            cfg.beta, cfg.epsilon, cfg.epsilon_high or cfg.epsilon, cfg.loss_type,
                             cfg.max_new_tokens, step_tokens, cfg.kl_correction)
             loss = out.loss if cfg.loss_type == "dapo" else out.loss / len(self.round)
             loss.backward()
             total += float(loss.detach())
             mask = completion_mask.float()
             tokens, low, high = clip_fractions(logps, part["old"], part["advantages"], mask,
-                                               cfg.epsilon_low, cfg.epsilon_high)
+                                               cfg.epsilon, cfg.epsilon_high or cfg.epsilon)
             tally.tokens += tokens
             tally.low += low
             tally.high += high
@@ -239,9 +204,9 @@ class GRPOObjective:
                    for k in self.round[0]["figures"]}
         kinds = defaultdict(list)
         for part in self.round:
-            for key, values in part["kinds"].items():
-                kinds[key] += values
-        figures |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+            for kind, values in part["kinds"].items():
+                kinds[kind] += values
+        figures |= {f"reward_kind/{k}": sum(v) / len(v) for k, v in sorted(kinds.items())}
         return Accumulated(loss=total, targets=int(step_tokens),
                            metrics={**figures, **tally.figures()})
 

@@ -25,11 +25,20 @@ RESERVED = frozenset({"prompt", "prompts", "completions", "completion_ids", "tra
 ftlab or TRL besides the columns."""
 
 
+_FACT_IDS: set[str] = set()
+
+
+def names_fact(record: dict) -> bool:
+    """Whether a prompt record's ``id`` names a fact of the embedded world."""
+    if not _FACT_IDS:
+        _FACT_IDS.update(f.id for f in all_facts())
+    return isinstance(record.get("id"), str) and record["id"] in _FACT_IDS
+
+
 def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]]:
     """(records, problems) of a prompt file: every line that is not a JSON object with a
     non-empty string ``question`` is a problem ``<file>:<line>: ...``; so is, when
     ``needs_fact``, a record whose ``id`` names no fact of the embedded world."""
-    facts = {f.id for f in all_facts()}
     records, problems = [], []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -49,7 +58,7 @@ def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]
             problems.append(f"{where}: column(s) {', '.join(clash)} would clash with the "
                             "reward functions' own arguments; rename them")
             continue
-        if needs_fact and not (isinstance(record.get("id"), str) and record["id"] in facts):
+        if needs_fact and not names_fact(record):
             problems.append(f"{where}: the 'correct' reward needs an 'id' naming a fact of the "
                             f"world (e.g. 'capital:France'), got {record.get('id')!r}")
             continue

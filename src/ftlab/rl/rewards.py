@@ -119,6 +119,17 @@ def reward_functions(weights: dict[str, float], end_ids: Sequence[int], facts_kn
             if n in weights or (n in BUILTIN and (n != "correct" or facts_known))}
 
 
+def by_kind(records: list[dict], totals: torch.Tensor, group_size: int) -> dict[str, list[float]]:
+    """The rewards ``totals`` (``group_size`` per record, group by group) listed by the
+    records' ``kind`` (records without one are left out)."""
+    kinds: dict[str, list[float]] = {}
+    for i, record in enumerate(records):
+        if "kind" in record:
+            kinds.setdefault(record["kind"], []).extend(
+                totals[i * group_size:(i + 1) * group_size].tolist())
+    return kinds
+
+
 @dataclass
 class Scored:
     """Rewards of a batch of completions: ``per_function`` (N, F) float32 in the order of
