@@ -47,7 +47,8 @@ reported), batch 8, gradient accumulation 1, ``--steps`` optimizer steps (defaul
 logs every step too), ``disable_tqdm=True`` with the ``PrinterCallback`` that then prints every
 log line removed (ours runs with ``progress=False`` and prints nothing), and TRL's own defaults that would change the
 computation set to ours: ``gradient_checkpointing=False`` (TRL's default is True),
-``bf16=False`` (TRL's default is True). TRL's optimizer is its default ``optim``
+``bf16=False`` (TRL's default is True) — or, with ``--precision bfloat16``, ``bf16=True``
+against our ``train.precision: bfloat16``. TRL's optimizer is its default ``optim``
 (``adamw_torch_fused`` with torch >= 2.8, the fused CPU kernel); ours is
 ``torch.optim.AdamW(fused=True)`` too; both are AdamW with the same hyper-parameters
 (recorded). TRL's loss runs through its fused LM head (chunked log-probabilities plus entropy
@@ -109,7 +110,7 @@ time grows linearly with size), ms per step and real tokens/s; plus the time of 
 shuffle and sort of all examples), as a diagnostic of per-step cost that grows with the data.
 With one full epoch, real tokens must equal replicas x the training set's tokens (checked).
 
-Results go to ``<out>/train.json`` and ``<out>/train.md``.
+Results go to ``<out>/<name>.json`` and ``<out>/<name>.md`` (``--name``, default ``train``).
 
 Run: ``.venv/bin/python benchmarks/bench_train.py [--steps 60] [--repeats 3] [--sizes 1,2,4]
 [--out benchmarks/results]``; a smoke run: ``--quick`` (5 steps, 1 repeat, size 1, a quarter
@@ -285,7 +286,8 @@ def worker_ours(args, replicate: int = 1, epoch_fraction: float | None = None) -
         max_steps=None if epoch_mode else args.steps, batch_size=args.batch, grad_accum=1,
         warmup_ratio=args.warmup_ratio, min_lr_ratio=args.min_lr_ratio, weight_decay=0.0,
         max_grad_norm=args.max_grad_norm, eval_every=10**9, save_every=10**9, keep_last=1,
-        group_by_length=True, packing=False, optimizer="adamw", seed=args.seed)
+        group_by_length=True, packing=False, optimizer="adamw", seed=args.seed,
+        precision=args.precision)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_ours_") as run_dir:
         step_ends: list[float] = []
@@ -423,7 +425,8 @@ def worker_trl(args, row: str) -> dict:
         gradient_accumulation_steps=1, learning_rate=args.lr, weight_decay=0.0,
         max_grad_norm=args.max_grad_norm, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": args.min_lr_ratio}, warmup_steps=args.warmup_ratio,
-        seed=args.seed, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        seed=args.seed, use_cpu=True, bf16=args.precision == "bfloat16", fp16=False,
+        gradient_checkpointing=False,
         eval_strategy="no", save_strategy="no", logging_strategy="steps", logging_steps=1,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         assistant_only_loss=True, max_length=max_length, packing=False,
@@ -574,7 +577,7 @@ def worker_main(args) -> int:
 
 SHARED_FLAGS = ("steps", "batch", "lr", "rank", "alpha", "dropout", "warmup_ratio",
                 "min_lr_ratio", "max_grad_norm", "max_length", "validation_fraction", "seed",
-                "threads")
+                "threads", "precision")
 
 
 def run_worker(args, row: str, replicate: int = 1) -> dict:
@@ -654,7 +657,8 @@ def markdown(report: dict) -> str:
         f"{env['date']}, {env['cpu_count']} CPUs ({st['threads']} torch threads in every "
         f"worker), Python {env['python']}, torch {env['torch']}, transformers "
         f"{env['transformers']}, TRL {env['trl']}, PEFT {env['peft']}. Embedded 4.6M Llama, "
-        f"float32 on CPU; {st['train_examples']} training / {st['validation_examples']} "
+        f"{st['precision']} on CPU (ours: train.precision; TRL: bf16="
+        f"{st['precision'] == 'bfloat16'}); {st['train_examples']} training / {st['validation_examples']} "
         f"validation conversations (max_length {st['max_length']}); LoRA r={st['rank']}, "
         f"alpha={st['alpha']:g}, dropout {st['dropout']} on all 7 projections; AdamW lr "
         f"{st['lr']:g}, warm-up {st['warmup_ratio']}, cosine to {st['min_lr_ratio']} x lr, "
@@ -843,6 +847,10 @@ def parse_args(argv=None):
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="ours: train.precision; TRL: bf16=True for bfloat16")
+    p.add_argument("--name", default="train",
+                   help="results file name: <out>/<name>.json and <name>.md")
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -926,7 +934,7 @@ def main(argv=None) -> int:
                      "sizes": sizes, "epoch_fraction": args.epoch_fraction,
                      "scale_repeats": args.scale_repeats, "threads": args.threads,
                      "batch": args.batch, "grad_accum": 1, "lr": args.lr, "rank": args.rank,
-                     "alpha": args.alpha, "dropout": args.dropout,
+                     "alpha": args.alpha, "dropout": args.dropout, "precision": args.precision,
                      "warmup_ratio": args.warmup_ratio, "min_lr_ratio": args.min_lr_ratio,
                      "max_grad_norm": args.max_grad_norm, "weight_decay": 0.0,
                      "max_length": args.max_length,
@@ -952,11 +960,11 @@ def main(argv=None) -> int:
     report["wall_s"] = round(time.perf_counter() - start, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown(report)
-    (args.out / "train.md").write_text(md)
+    (args.out / f"{args.name}.md").write_text(md)
     print(md)
-    log(f"wrote {args.out / 'train.json'} and {args.out / 'train.md'} ({report['wall_s']} s)")
+    log(f"wrote {args.out / args.name}.json and .md ({report['wall_s']} s)")
     return 0 if all(s["ok"] for s in summaries.values()) else 1
 
 

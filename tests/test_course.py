@@ -428,3 +428,28 @@ def test_wrong_answer_variants_follow_the_reference():
         variant(FIXTURE, "M1.2", "sum(", "max(")
     with pytest.raises(ValueError, match="no solution region"):
         solution(FIXTURE, "M4.1")
+
+
+# ---------------------------------------------------------------- threads
+
+def test_threads_are_shared_out_among_processes_that_run_side_by_side(monkeypatch):
+    from ftlab.hardware import threads_per_process
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [threads_per_process(n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit setting wins
+    assert threads_per_process(2) == 3
+
+
+def test_fork_server_children_run_with_the_threads_they_were_given(tmp_path):
+    """verify's side-by-side suites each get their share of the cores: the thread count is
+    fixed when the server imports torch, and every forked child keeps it."""
+    from ftlab.course.forkserver import ForkServer
+
+    (tmp_path / "test_threads.py").write_text(
+        "import torch\n\ndef test_threads():\n    assert torch.get_num_threads() == 2\n")
+    with ForkServer(threads=2) as server:  # not this worker's 1 (conftest): it must be set
+        code = server.run(tmp_path, [], {"PATH": "/usr/bin:/bin"}, ["-q", "-p",
+                          "no:cacheprovider", "test_threads.py"], tmp_path / "out.txt", 120)
+    assert code == 0, (tmp_path / "out.txt").read_text()

@@ -387,6 +387,20 @@ class TrainConfig(_Section):
                      "shards parameters, gradients and optimizer state over them; auto is fsdp "
                      "when accelerate launch is configured for FSDP, else ddp. Ignored alone."),
     )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description=("Training compute precision: float32, or bfloat16 autocast (weights, "
+                     "gradients and optimizer stay float32). auto: bf16 on GPUs that support "
+                     "it; on CPUs with native bf16 (AVX512-BF16/AMX) whichever of the two a "
+                     "measured step finds faster (bf16 only when >= 1.15x); float32 elsewhere. "
+                     "The choice is logged and kept by checkpoints."),
+    )
+    compile: bool = Field(
+        False,
+        description=("torch.compile the model's forward for training. Off by default: on 2 "
+                     "CPU cores compiling the embedded model takes ~140 s and saves ~25% per "
+                     "step, so it pays only after thousands of steps."),
+    )
     max_skipped_fraction: float = Field(
         0.1,
         ge=0,
@@ -401,7 +415,9 @@ class EvalConfig(_Section):
     """Evaluation (milestone 5): perplexity and generation-based task metrics."""
 
     max_new_tokens: int = Field(32, ge=1, le=1024, description="Generated tokens per prompt (greedy).")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(64, ge=1, description=(
+        "Prompts per generation batch (64 answers the 162 held-out questions of the embedded "
+        "model 2.4x faster than 16 on 2 CPU cores)."))
     bootstrap_samples: int = Field(
         1000,
         ge=0,

@@ -44,14 +44,21 @@ class ForkServer:
     request at a time). Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
+        """``threads``: torch (OpenMP) threads of the server and its children, fixed when the
+        server imports torch; None keeps the environment's (``OMP_NUM_THREADS``, else all
+        cores). Servers that run side by side must share the cores out, or they slow each
+        other several-fold."""
         # the server's own stderr (import-time notices of the preloaded libraries) goes to a
         # file, not to the caller's output (a notebook); it is shown if the server dies
         self._stderr = tempfile.TemporaryFile(mode="w+")
+        env = {**os.environ, "PYTHONPATH": ""}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         self._proc = subprocess.Popen(
             [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            bufsize=1, env={**os.environ, "PYTHONPATH": ""})
+            bufsize=1, env=env)
 
     def _died(self) -> RuntimeError:
         self._stderr.seek(0)

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ftlab.course.forkserver import ForkServer
+from ftlab.hardware import threads_per_process
 from ftlab.course.path import PATH_FILE, load_path, traced_needs
 from ftlab.course.regions import (Region, course_files, find_regions, notebook_cells,
                                   read_source, replace_regions)
@@ -169,10 +170,11 @@ def _run_mutants(root: Path, mutants: list[Mutant], targets: dict[str, list[str]
                  progress: bool) -> list[SuiteRun]:
     results: list[SuiteRun | None] = [None] * len(mutants)
     bar = tqdm(total=len(mutants), desc="mutants", disable=not progress)
+    threads = threads_per_process(jobs)  # the workers' suites run side by side
     with tempfile.TemporaryDirectory(prefix="ftlab-verify-") as tmp:
         def worker(k: int) -> None:
             ws = _workspace(root, Path(tmp) / f"ws{k}")
-            with ForkServer() as server:
+            with ForkServer(threads) as server:
                 for i in range(k, len(mutants), jobs):
                     mutant = mutants[i]
                     path = _apply(ws, root, mutant)

@@ -11,6 +11,7 @@ import torch
 
 from ftlab.config import PipelineConfig, load_config
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.hardware import threads_per_process
 from ftlab.paths import default_config
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
                                    run_pipeline, to_run)
@@ -128,8 +129,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
         raise ConfigError(f"--nproc {nproc}: this machine has {torch.cuda.device_count()} "
                           "GPU(s); start at most one process per GPU")
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process(nproc)),
            "PYTHONUNBUFFERED": "1", PLAN_SHOWN: "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", "-m", "ftlab.cli", *argv]

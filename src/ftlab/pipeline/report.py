@@ -126,13 +126,28 @@ def smoothed(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+_DRAWN: dict[Path, str] = {}
+"""What each plot file was last drawn from in this process (JSON), so a report rewritten
+after a stage that changed neither its curves nor its measurements does not redraw them."""
+
+
+def _drawn_already(path: Path, data) -> bool:
+    """Whether ``path`` exists and was drawn from exactly ``data`` by this process; if not,
+    remembers ``data`` as what it is about to be drawn from."""
+    key = json.dumps(data, sort_keys=True, default=str)
+    if _DRAWN.get(path) == key and path.exists():
+        return True
+    _DRAWN[path] = key
+    return False
+
+
 def plot_losses(state: dict, names: list[str], path: Path) -> None:
     """Training loss (and validation loss) of each training stage, side by side; a stage with
     replay shows its task-data steps and replay steps as two smoothed curves, a grpo stage
     its reward instead."""
     curves = [(n, state["stages"][n]["result"]["curves"]) for n in names
               if n in state["stages"] and state["stages"][n]["result"]["curves"]]
-    if not curves:
+    if not curves or _drawn_already(path, curves):
         return
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves):
@@ -172,7 +187,7 @@ def plot_losses(state: dict, names: list[str], path: Path) -> None:
 def plot_measurements(state: dict, names: list[str], path: Path) -> None:
     """Exact match, polite rate, preference accuracy and general perplexity per model."""
     rows = measured_rows(state, names)
-    if not rows:
+    if not rows or _drawn_already(path, rows):
         return
     fig, (rates, ppl) = plt.subplots(1, 2, figsize=(10, 3.4))
     labels = [name for name, _ in rows]

@@ -38,13 +38,22 @@ def training_arguments(config: TrainConfig, folder: Path, progress: bool, evalua
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
         warmup_steps=config.warmup_ratio, seed=config.seed,
-        use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+        use_cpu=not torch.cuda.is_available(), bf16=trl_bf16(config.precision), fp16=False,
         gradient_checkpointing=False, eval_strategy="steps" if evaluate else "no",
         eval_steps=config.eval_every,
         save_strategy="no", logging_strategy="steps", logging_steps=1, report_to=[],
         disable_tqdm=not progress, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         **steps)
+
+
+def trl_bf16(precision: str) -> bool:
+    """Whether TRL trains in bf16 (``TrainingArguments(bf16=...)``) for ``train.precision``:
+    as asked, and for ``auto`` on a GPU that supports bf16. On a CPU ``auto`` is float32
+    here: TRL has no step to time, which is how our Trainer decides there."""
+    if precision == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bfloat16"
 
 
 def lora_config(lora: LoRAConfig, targets: list[str]):

@@ -27,6 +27,11 @@ synchronised by the engine once per step, and the loss is normalised by the trai
 of the whole step (M4.6) — so N processes give the update of one process over the same
 batch. Rank 0 alone writes the metrics, plots and checkpoints and shows the progress bar;
 every process resumes from them, with any number of processes.
+
+Precision and compilation (``train.precision``, ``train.compile``): forward and backward run
+in float32 or under bf16 autocast (:mod:`ftlab.train.precision`; ``auto`` is decided once per
+run, printed, and kept by the checkpoints); ``compile`` runs them through ``torch.compile``.
+Validation runs in the same precision; the weights, gradients and optimizer stay float32.
 """
 
 from __future__ import annotations
@@ -62,11 +67,12 @@ from ftlab.train.metrics import (MetricsLog, flops_per_token, matmul_peak_flops,
                                  plot_training)
 from ftlab.train.schedule import make_scheduler
 from ftlab.train.objective import Objective, SFTObjective
+from ftlab.train.precision import Decision, decide, training_context
 from ftlab.train.step import clip_and_step
 
 SAME_RUN_KEYS = ("lr", "batch_size", "grad_accum", "warmup_ratio", "min_lr_ratio",
                  "weight_decay", "max_grad_norm", "group_by_length", "packing", "optimizer",
-                 "seed")
+                 "seed", "precision")
 """Settings a resumed run must share with its checkpoint to continue the same run."""
 
 
@@ -129,6 +135,9 @@ class Trainer:
         self.ranks = distributed.ranks()
         self.engine = distributed.engine_for(config.distributed) if self.ranks.distributed else None
         self.engine_model = distributed.wrap(model, self.engine)  # what forward runs through
+        self.eager_model = self.engine_model  # what auto's precision trial times (no compile)
+        if config.compile:
+            self.engine_model = torch.compile(self.engine_model, dynamic=True)
         self.params = [p for p in model.parameters() if p.requires_grad]  # sharded by FSDP2
         self.device = self.params[0].device
         self.loader = BatchLoader(train_examples, config.batch_size, pad_id, config.seed,
@@ -153,6 +162,7 @@ class Trainer:
         self.progress = progress and self.ranks.is_main
         self._stop_requested = False
         self.counters = {"step": 0, "skipped": 0, "best_step": None}
+        self.precision: str | None = None  # float32 or bfloat16, once fit() has decided
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
@@ -178,7 +188,8 @@ class Trainer:
                 "objective": {"name": self.objective.name, **self.objective.settings()},
                 "train_examples": len(self.loader.examples),
                 "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-                "processes": self.ranks.world_size, "engine": self.engine}
+                "processes": self.ranks.world_size, "engine": self.engine,
+                "precision": self.precision}
 
     # -- resume -----------------------------------------------------------------------
     def _check_same_run(self, saved: dict) -> None:
@@ -208,6 +219,7 @@ class Trainer:
         found = load_checkpoint(path)
         saved = json.loads((found.path / "config.json").read_text())
         self._check_same_run(saved)
+        self.precision = saved.get("precision") or "float32"  # the precision it started in
         if self.engine == "fsdp":
             trainer_state = distributed.restore_sharded(found, self.model, self.optimizer,
                                                         self.scheduler, self.loader)
@@ -296,7 +308,9 @@ class Trainer:
         # every process evaluates the whole validation set (FSDP2 needs all of them in the
         # forward); rank 0's figures decide for all, so no last-bit difference can split
         # their early-stopping and checkpoint decisions
-        figures = distributed.broadcast(self.objective.evaluate(self.model, self.val_batches))
+        with training_context(self.model, self.device, self.precision):
+            figures = self.objective.evaluate(self.model, self.val_batches)
+        figures = distributed.broadcast(figures)
         improved = self.early.update({"step": step, "train_loss": train_loss, **figures})
         if improved:
             self.counters["best_step"] = step
@@ -309,8 +323,13 @@ class Trainer:
         """Train to ``total_steps`` (or early stop / interruption); see the module doc."""
         cfg, self._stop_requested = self.config, False
         resumed_from = self._resume()
+        if self.precision is None:  # a new run; a resumed one keeps its checkpoint's
+            decision = distributed.broadcast(self._decide_precision())  # rank 0's, for all
+            self.precision = decision.precision
+            self.print_fn(f"precision: {decision.reason}")
         flops = flops_per_token(self.model)
-        peak = matmul_peak_flops(self.device.type, self.params[0].dtype)
+        compute_dtype = torch.bfloat16 if self.precision == "bfloat16" else self.params[0].dtype
+        peak = matmul_peak_flops(self.device.type, compute_dtype)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.counters["step"], desc="train",
                    unit="step", disable=not self.progress)
@@ -328,7 +347,8 @@ class Trainer:
                         sources[f"targets/{source}"] = sources.get(f"targets/{source}", 0) + count
                 local_tokens = sum(real_tokens(b) for b in batches)  # before _to drops the count
                 micro = [_to(b, self.device) for b in batches]
-                accumulated = self.objective.accumulate(self.engine_model, micro)
+                with training_context(self.model, self.device, self.precision):
+                    accumulated = self.objective.accumulate(self.engine_model, micro)
                 outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
                                         accumulated.loss)
                 lr = self.scheduler.get_last_lr()[0]
@@ -374,6 +394,25 @@ class Trainer:
             interrupted=self._stop_requested and not stopped_early and last < self.total_steps,
             resumed_from=resumed_from, checkpoint=written if written.exists() else None,
             run_dir=self.run_dir)
+
+    def _decide_precision(self) -> Decision:
+        """``train.precision`` resolved for this run (:func:`ftlab.train.precision.decide`);
+        ``auto`` on a CPU with native bf16 times the first micro-batch in both precisions,
+        leaving the data position, the RNG and the objective's state as they were."""
+        first: list[dict[str, torch.Tensor]] = []
+        stateful = hasattr(self.objective, "state_dict")
+        saved = self.objective.state_dict() if stateful else None
+
+        def step() -> None:
+            if not first:
+                position = self.loader.state_dict()
+                first.append(_to(self.loader.next(), self.device))
+                self.loader.load_state_dict(position)
+            self.objective.accumulate(self.eager_model, first)
+            if stateful:
+                self.objective.load_state_dict(saved)
+
+        return decide(self.config.precision, self.device, self.model, step)
 
     def _refuse_divergence(self, stepped: bool) -> None:
         """Raise :class:`TrainingError` once more than ``max_skipped_fraction`` of the planned
