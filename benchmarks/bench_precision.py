@@ -5,7 +5,7 @@ What is measured
 1. **Matmul peak**: ``ftlab.train.metrics.matmul_peak_flops`` (square ``n x n`` matmuls, one
    untimed warm-up, best of 5) in float32 and bfloat16 for ``n`` in ``--sizes`` and torch
    thread counts 1 and ``--threads``. The largest figure of a dtype is its **peak**, the
-   denominator of every MFU below (the Trainer's own ``mfu`` field uses the 2048 figure at the
+   denominator of every MFU below (the Trainer's own ``mfu`` field uses the 1024 figure at the
    run's thread count).
 2. **Training**: the real ``ftlab.train.Trainer`` (``progress=False``, no validation) for
    ``--steps`` optimizer steps, in ``train.precision`` float32, bfloat16 and auto (auto

@@ -392,7 +392,7 @@ class TrainConfig(_Section):
         description=("Training compute precision: float32, or bfloat16 autocast (weights, "
                      "gradients and optimizer stay float32). auto: bf16 on GPUs that support "
                      "it; on CPUs with native bf16 (AVX512-BF16/AMX) whichever of the two a "
-                     "measured step finds faster (bf16 only when >= 1.15x); float32 elsewhere. "
+                     "measured step finds faster (bf16 only when >= 1.3x); float32 elsewhere. "
                      "The choice is logged and kept by checkpoints."),
     )
     compile: bool = Field(

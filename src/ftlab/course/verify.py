@@ -31,7 +31,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ftlab.course.forkserver import ForkServer
-from ftlab.hardware import threads_per_process
 from ftlab.course.path import PATH_FILE, load_path, traced_needs
 from ftlab.course.regions import (Region, course_files, find_regions, notebook_cells,
                                   read_source, replace_regions)
@@ -39,6 +38,7 @@ from ftlab.course.release import check_project, release
 from ftlab.course.runner import SuiteRun, run_suite
 from ftlab.course.tasks import mentioned_tasks, milestone_of
 from ftlab.course.wrong import WrongAnswer, load_catalogue
+from ftlab.hardware import threads_per_process
 
 LINKED = ("milestones", "data", "configs", "notebooks", "pyproject.toml")
 MIN_LEAK_CHARS = 12

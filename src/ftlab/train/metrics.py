@@ -85,12 +85,13 @@ def flops_per_token(model: nn.Module) -> float:
 
 @cache
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32,
-                      size: int = 2048, repeats: int = 5) -> float:
+                      size: int = 1024, repeats: int = 5) -> float:
     """Measured peak FLOP/s of ``size`` x ``size`` matmuls on ``device`` in ``dtype`` with
     torch's current thread count: one untimed warm-up call (kernel selection, page faults),
     then the best of ``repeats`` timed calls. The reference MFU divides by, since a CPU's
-    nominal peak is rarely known. Large squares reach the machine's peak; a single cold
-    1024² call measured a third of it on a 2-core AMX CPU."""
+    nominal peak is rarely known. On a 2-core AMX CPU 1024² reached what 2048² and 4096²
+    reach, within the machine's noise, at an eighth of the cost (measured once per process
+    and dtype; ``benchmarks/bench_precision.py``)."""
     a = torch.full((size, size), 0.5, device=device, dtype=dtype)  # no RNG draw: runs
     b = torch.full((size, size), 0.25, device=device, dtype=dtype)  # stay reproducible
     best = math.inf

@@ -11,10 +11,11 @@
   than in float32 and erases the gain of the matmuls.
 * ``auto`` — bfloat16 on a GPU that supports it, float32 on a CPU without native bf16
   instructions (emulated bf16 is slower), and on a CPU with them the faster of the two,
-  measured on the run itself (:func:`measure_speedup`): a few forward + backward passes of
-  the run's first batch in each precision, interleaved. bf16 is chosen only when it is at
-  least :data:`AUTO_MIN_SPEEDUP` times faster; small models (the embedded 4.6M one) gain
-  nothing, since their time goes to op launches rather than to the matmuls.
+  measured on the run itself (:func:`measure_speedup`): forward + backward passes of the
+  run's first batch in each precision, interleaved, for about half a second. bf16 is
+  chosen only when it is at least :data:`AUTO_MIN_SPEEDUP` times faster; small models (the
+  embedded 4.6M one) gain little or nothing, since their time goes to op launches rather
+  than to the matmuls.
 
 The Trainer resolves ``auto`` once per run, logs the decision with its timings and keeps it in
 its checkpoints, so a resumed run continues in the precision it started with.
@@ -34,8 +35,11 @@ from torch import nn
 from ftlab.hardware import cpu_flags
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-AUTO_MIN_SPEEDUP = 1.15
-"""``auto`` picks bf16 on a CPU only when a measured step is at least this much faster."""
+AUTO_MIN_SPEEDUP = 1.3
+"""``auto`` picks bf16 on a CPU only when its measured forward + backward is at least this
+much faster. A whole step gains less (the optimizer, clipping and data loading cost the same
+in both): on the embedded model the measurement gave 0.94-1.22x while whole steps ran at
+0.98x, on the 51.6M-parameter model 1.6-1.8x and 1.7x (``benchmarks/results/precision.md``)."""
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 FP32_ATTENTION = "ftlab_sdpa_float32"
 """Name of the float32 attention registered with transformers' ``AttentionInterface``."""
@@ -120,29 +124,35 @@ def training_context(model: nn.Module, device: torch.device, precision: str):
 
 
 def measure_speedup(step: Callable[[], None], model: nn.Module, device: torch.device,
-                    repeats: int = 3) -> tuple[float, float]:
+                    budget_s: float = 0.5) -> tuple[float, float]:
     """Median seconds of ``step()`` (one forward + backward; gradients are zeroed after each
-    call) in float32 and in bf16, after one warm-up call each, the two interleaved
-    ``repeats`` times. The RNG state is restored afterwards, so measuring changes nothing
-    the run draws (dropout masks)."""
+    call) in float32 and in bf16. One untimed warm-up call each, then the two interleaved, as
+    many rounds as fit in about ``budget_s`` seconds (3 to 15): a single step of a small model
+    varies by tens of percent between calls, so a fast step is timed more often. The RNG state
+    is restored afterwards, so measuring changes nothing the run draws (dropout masks)."""
     cpu_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     params = [p for p in model.parameters() if p.requires_grad]
     times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+
+    def timed(precision: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with training_context(model, device, precision):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        for p in params:
+            p.grad = None
+        return time.perf_counter() - start
+
     try:
-        for i in range(repeats + 1):
+        warm = timed("bfloat16") + timed("float32")  # kernel selection, allocator
+        rounds = max(3, min(15, int(budget_s / max(warm, 1e-6))))
+        for i in range(rounds):
             for precision in (("float32", "bfloat16") if i % 2 else ("bfloat16", "float32")):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                with training_context(model, device, precision):
-                    step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i:  # the first round warms both up (kernel selection, allocator)
-                    times[precision].append(time.perf_counter() - start)
-                for p in params:
-                    p.grad = None
+                times[precision].append(timed(precision))
     finally:
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
@@ -170,6 +180,6 @@ def decide(precision: str, device: torch.device, model: nn.Module,
     fp32_s, bf16_s = measure_speedup(step, model, device)
     speedup = fp32_s / bf16_s
     chosen = "bfloat16" if speedup >= AUTO_MIN_SPEEDUP else "float32"
-    return Decision(chosen, f"auto: {chosen} (one step measured: float32 {fp32_s * 1e3:.0f} ms, "
+    return Decision(chosen, f"auto: {chosen} (a step measured: float32 {fp32_s * 1e3:.0f} ms, "
                     f"bf16 {bf16_s * 1e3:.0f} ms, {speedup:.2f}x; bf16 needs "
                     f">= {AUTO_MIN_SPEEDUP}x)")
