@@ -18,7 +18,10 @@
   than to the matmuls.
 
 The Trainer resolves ``auto`` once per run, logs the decision with its timings and keeps it in
-its checkpoints, so a resumed run continues in the precision it started with.
+its checkpoints, so a resumed run continues in the precision it started with. It times only
+single-process runs of objectives without state: a data-parallel run's processes would time
+different numbers of collective steps, and a step of an objective that samples (GRPO) calls
+the reward functions; those runs keep float32 on the CPU under ``auto``.
 """
 
 from __future__ import annotations
@@ -161,10 +164,11 @@ def measure_speedup(step: Callable[[], None], model: nn.Module, device: torch.de
 
 
 def decide(precision: str, device: torch.device, model: nn.Module,
-           step: Callable[[], None]) -> Decision:
+           step: Callable[[], None] | None, unmeasured: str = "") -> Decision:
     """Resolve ``precision`` (one of :data:`PRECISIONS`) for a run on ``device``; ``step``
     runs one forward + backward of the run's first batch (used only to measure ``auto`` on
-    a CPU with native bf16)."""
+    a CPU with native bf16). ``step=None`` means the run cannot be timed without side
+    effects (``unmeasured`` says why): ``auto`` then keeps float32 on such a CPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
@@ -177,6 +181,8 @@ def decide(precision: str, device: torch.device, model: nn.Module,
     if not native_bf16(device):
         return Decision("float32", "auto: float32 (this CPU has no native bf16: "
                         f"none of {', '.join(CPU_BF16_FLAGS)})")
+    if step is None:
+        return Decision("float32", f"auto: float32 (bf16 not timed: {unmeasured})")
     fp32_s, bf16_s = measure_speedup(step, model, device)
     speedup = fp32_s / bf16_s
     chosen = "bfloat16" if speedup >= AUTO_MIN_SPEEDUP else "float32"

@@ -398,10 +398,14 @@ class Trainer:
     def _decide_precision(self) -> Decision:
         """``train.precision`` resolved for this run (:func:`ftlab.train.precision.decide`);
         ``auto`` on a CPU with native bf16 times the first micro-batch in both precisions,
-        leaving the data position, the RNG and the objective's state as they were."""
+        leaving the data position and the RNG as they were; not in data-parallel runs nor for
+        objectives with state (GRPO), which keep float32."""
+        if self.ranks.distributed or hasattr(self.objective, "state_dict"):
+            why = ("data-parallel processes would time different numbers of collective steps"
+                   if self.ranks.distributed else
+                   f"a {self.objective.name} step has side effects (sampling, rewards)")
+            return decide(self.config.precision, self.device, self.model, None, why)
         first: list[dict[str, torch.Tensor]] = []
-        stateful = hasattr(self.objective, "state_dict")
-        saved = self.objective.state_dict() if stateful else None
 
         def step() -> None:
             if not first:
@@ -409,8 +413,6 @@ class Trainer:
                 first.append(_to(self.loader.next(), self.device))
                 self.loader.load_state_dict(position)
             self.objective.accumulate(self.eager_model, first)
-            if stateful:
-                self.objective.load_state_dict(saved)
 
         return decide(self.config.precision, self.device, self.model, step)
 
