@@ -141,6 +141,18 @@ def test_auto_on_a_bf16_cpu_takes_what_it_measured(monkeypatch, timings, chosen)
     assert f"{timings[0] / timings[1]:.2f}x" in decision.reason
 
 
+def test_auto_does_not_time_runs_it_cannot_time_without_side_effects(monkeypatch):
+    """A data-parallel run or a sampling objective (GRPO) passes no step: auto keeps float32
+    on a bf16 CPU and says why, without timing anything."""
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(P, "measure_speedup", lambda *a, **k: pytest.fail("timed a step"))
+    decision = P.decide("auto", torch.device("cpu"), tiny_model("llama"), None,
+                        "a grpo step has side effects (sampling, rewards)")
+    assert decision == P.Decision(
+        "float32", "auto: float32 (bf16 not timed: a grpo step has side effects (sampling, "
+        "rewards))")
+
+
 def test_measuring_auto_leaves_the_run_exactly_as_it_was(tmp_path, monkeypatch):
     """auto times a step in each precision before training; with float32 chosen, the run must
     equal a float32 run bit for bit: same data order, dropout draws and gradients."""
