@@ -135,7 +135,6 @@ class Trainer:
         self.ranks = distributed.ranks()
         self.engine = distributed.engine_for(config.distributed) if self.ranks.distributed else None
         self.engine_model = distributed.wrap(model, self.engine)  # what forward runs through
-        self.eager_model = self.engine_model  # what auto's precision trial times (no compile)
         if config.compile:
             self.engine_model = torch.compile(self.engine_model, dynamic=True)
         self.params = [p for p in model.parameters() if p.requires_grad]  # sharded by FSDP2
@@ -412,7 +411,7 @@ class Trainer:
                 position = self.loader.state_dict()
                 first.append(_to(self.loader.next(), self.device))
                 self.loader.load_state_dict(position)
-            self.objective.accumulate(self.eager_model, first)
+            self.objective.accumulate(self.model, first)  # one process: no wrapper, no compile
 
         return decide(self.config.precision, self.device, self.model, step)
 
