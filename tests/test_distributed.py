@@ -27,7 +27,7 @@ from ftlab.models.tiny import tiny_examples
 from ftlab.paths import data_dir
 from ftlab.train import Trainer
 from ftlab.train.checkpoint import trainable_weights
-from ftlab.train.distributed import ranks, run_processes, unshard
+from ftlab.train.distributed import joined, ranks, run_processes, unshard
 
 PAD = 0
 EXAMPLES = 29
@@ -183,6 +183,29 @@ def test_fsdp2_full_fine_tuning_matches_ddp_and_resumes(tmp_path):
 
 
 # -- ftlab run --nproc, accelerate launch ------------------------------------------------
+
+def _join_and_leave(fail: bool) -> tuple[int, bool]:
+    """Leave the group run_processes made, join again as a launched process does (the
+    environment names the group), and report the world inside and the group after."""
+    torch.distributed.destroy_process_group()
+    inside = 0
+    try:
+        with joined(timeout_s=60) as here:
+            inside = here.world_size
+            if fail:
+                raise ValueError("the stage failed")
+    except ValueError:
+        pass
+    return inside, torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["completed", "raised"])
+def test_a_launched_run_leaves_its_process_group(fail):
+    """`ftlab run` under a launcher joins the group for the run and destroys it before the
+    process exits (a group left to interpreter shutdown aborted a finished run under
+    accelerate launch); a run that raised leaves at once, without waiting for the others."""
+    assert run_processes(_join_and_leave, 2, fail) == [(2, False), (2, False)]
+
 
 def _capstone_sft(tmp_path: Path, name: str, max_steps: int = 10, **stage) -> Path:
     """The capstone's SFT stage, shortened (``max_steps``, no dropout, quick measurements)."""

@@ -15,7 +15,7 @@ from ftlab.hardware import threads_per_process
 from ftlab.paths import default_config
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
                                    run_pipeline, to_run)
-from ftlab.train.distributed import init_from_env
+from ftlab.train.distributed import joined
 
 
 def with_overrides(config: PipelineConfig, run_dir: Path | None, seed: int | None
@@ -84,36 +84,36 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
     accelerate launch) this process joins the others and rank 0 alone prints."""
     path = config_path or default_config()
     config = with_overrides(load_config(path), run_dir, seed)
-    here = init_from_env()
-    if nproc > 1 and here.distributed:
-        raise ConfigError(f"--nproc {nproc}: this process was already launched as one of "
-                          f"{here.world_size}; use --nproc with a plain `ftlab run`, or the "
-                          "launcher alone")
-    say = print if here.is_main else (lambda *a, **k: None)
-    shown = os.environ.get(PLAN_SHOWN) == "1"  # by the `--nproc` process that launched us
-    processes = max(nproc, here.world_size)
-    planned = plan(config, path, processes=processes)
-    reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir)) if here.is_main else None
-    if here.is_main and not shown:
-        print(f"config: {path}\n" + plan_text(config, planned=planned, reuse=reuse)
-              + (f"\nprocesses: {processes} (data parallel)" if processes > 1 else ""))
-    if dry_run:
-        say("dry run: the config is valid; nothing was loaded or trained")
+    with joined() as here:
+        if nproc > 1 and here.distributed:
+            raise ConfigError(f"--nproc {nproc}: this process was already launched as one of "
+                              f"{here.world_size}; use --nproc with a plain `ftlab run`, or the "
+                              "launcher alone")
+        say = print if here.is_main else (lambda *a, **k: None)
+        shown = os.environ.get(PLAN_SHOWN) == "1"  # by the `--nproc` process that launched us
+        processes = max(nproc, here.world_size)
+        planned = plan(config, path, processes=processes)
+        reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir)) if here.is_main else None
+        if here.is_main and not shown:
+            print(f"config: {path}\n" + plan_text(config, planned=planned, reuse=reuse)
+                  + (f"\nprocesses: {processes} (data parallel)" if processes > 1 else ""))
+        if dry_run:
+            say("dry run: the config is valid; nothing was loaded or trained")
+            return 0
+        if nproc > 1:
+            return launch(nproc, ["run", str(path), "--run-dir", str(config.run_dir),
+                                  *(["--seed", str(seed)] if seed is not None else []),
+                                  *([] if progress else ["--no-progress"])])
+        summary = run_pipeline(config, progress=progress and here.is_main, source=path,
+                               planned=planned, reuse=reuse, print_fn=say)
+        say()
+        say(summary["summary_table"])
+        say()
+        say(summary["kinds_table"])
+        reused = summary["reused_stages"]
+        say(f"\n{'reused: ' + ', '.join(reused) + '; ' if reused else ''}"
+            f"finished in {summary['seconds_this_run']:.0f} s; report: {Path(config.run_dir) / 'report.md'}")
         return 0
-    if nproc > 1:
-        return launch(nproc, ["run", str(path), "--run-dir", str(config.run_dir),
-                              *(["--seed", str(seed)] if seed is not None else []),
-                              *([] if progress else ["--no-progress"])])
-    summary = run_pipeline(config, progress=progress and here.is_main, source=path,
-                           planned=planned, reuse=reuse, print_fn=say)
-    say()
-    say(summary["summary_table"])
-    say()
-    say(summary["kinds_table"])
-    reused = summary["reused_stages"]
-    say(f"\n{'reused: ' + ', '.join(reused) + '; ' if reused else ''}"
-        f"finished in {summary['seconds_this_run']:.0f} s; report: {Path(config.run_dir) / 'report.md'}")
-    return 0
 
 
 PLAN_SHOWN = "FTLAB_PLAN_SHOWN"

@@ -92,6 +92,25 @@ def init_from_env(timeout_s: float = TIMEOUT_S) -> Ranks:
     return ranks()
 
 
+@contextmanager
+def joined(timeout_s: float = TIMEOUT_S) -> Iterator[Ranks]:
+    """:func:`init_from_env` for the length of a ``with`` block, then leave the process group
+    if this block joined it: after a barrier when the block completed (no process leaves
+    while another still talks to it), at once when it raised. Leaving explicitly matters:
+    a process that exits with its group alive lets interpreter shutdown destroy the
+    backend's threads in any order, which can abort a finished run (``terminate called
+    without an active exception``, seen under ``accelerate launch``)."""
+    already = dist.is_available() and dist.is_initialized()
+    here = init_from_env(timeout_s)
+    try:
+        yield here
+        if not already:
+            barrier()
+    finally:
+        if not already and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def engine_for(setting: str) -> str:
     """The data-parallel engine for ``train.distributed``: ``ddp`` or ``fsdp`` as asked;
     ``auto`` is ``fsdp`` when ``accelerate launch`` was configured for FSDP
