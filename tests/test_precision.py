@@ -18,7 +18,7 @@ from ftlab.lora import find_target_modules, inject_lora
 from ftlab.models import load_base_model
 from ftlab.models.tiny import tiny_examples, tiny_model
 from ftlab.paths import base_model_dir, data_dir
-from ftlab.train import Trainer, read_metrics
+from ftlab.train import SFTObjective, Trainer, read_metrics
 from ftlab.train import precision as P
 from ftlab.train.checkpoint import trainable_weights
 
@@ -151,6 +151,26 @@ def test_auto_does_not_time_runs_it_cannot_time_without_side_effects(monkeypatch
     assert decision == P.Decision(
         "float32", "auto: float32 (bf16 not timed: a grpo step has side effects (sampling, "
         "rewards))")
+
+
+class _SamplingObjective(SFTObjective):
+    """An objective whose steps must not be run outside training (as GRPO's)."""
+
+    name = "sampling"
+    repeatable_steps = False
+
+
+def test_the_trainer_does_not_time_an_objective_whose_steps_are_not_repeatable(tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(P, "measure_speedup", lambda *a, **k: pytest.fail("timed a step"))
+    said = []
+    trainer = Trainer(lora_model(), tiny_examples(8, seed=3),
+                      TrainConfig(max_steps=1, batch_size=4, precision="auto"), tmp_path, 0,
+                      progress=False, objective=_SamplingObjective(), print_fn=said.append)
+    trainer.fit()
+    assert trainer.precision == "float32"
+    assert "precision: auto: float32 (bf16 not timed: a sampling step has side effects" in said[0]
 
 
 def test_measuring_auto_leaves_the_run_exactly_as_it_was(tmp_path, monkeypatch):

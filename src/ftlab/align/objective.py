@@ -122,6 +122,7 @@ class DPOObjective:
 
     name = "dpo"
     supports_packing = False
+    repeatable_steps = True
 
     def __init__(self, beta: float, sft_weight: float = 0.0) -> None:
         self.beta, self.sft_weight = beta, sft_weight

@@ -84,6 +84,7 @@ class GRPOObjective:
 
     name = "grpo"
     supports_packing = False
+    repeatable_steps = False  # a step samples, calls reward functions, advances the round
 
     def __init__(self, prompts: list[dict], tokenizer: PreTrainedTokenizerBase,
                  rewards: dict[str, RewardFn], settings: GRPOConfig,

@@ -32,10 +32,14 @@ class Objective(Protocol):
     at least ``val_loss`` (lower is better), without gradients. An objective that carries
     state from one step to the next (GRPO's samples, reused for several updates) may also
     define ``state_dict()`` / ``load_state_dict(state)``: checkpoints then keep that state.
+    ``repeatable_steps`` says whether ``accumulate`` may be run on a batch outside training
+    without changing anything but ``.grad`` (no state carried, no sampling or outside
+    calls): ``auto`` precision times such steps before the first one (:meth:`Trainer.fit`).
     """
 
     name: str
     supports_packing: bool
+    repeatable_steps: bool
 
     def settings(self) -> dict: ...
 
@@ -67,6 +71,7 @@ class SFTObjective:
 
     name = "sft"
     supports_packing = True
+    repeatable_steps = True
 
     def settings(self) -> dict:
         return {}

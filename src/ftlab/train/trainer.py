@@ -398,8 +398,8 @@ class Trainer:
         """``train.precision`` resolved for this run (:func:`ftlab.train.precision.decide`);
         ``auto`` on a CPU with native bf16 times the first micro-batch in both precisions,
         leaving the data position and the RNG as they were; not in data-parallel runs nor for
-        objectives with state (GRPO), which keep float32."""
-        if self.ranks.distributed or hasattr(self.objective, "state_dict"):
+        objectives whose steps are not repeatable (GRPO), which keep float32."""
+        if self.ranks.distributed or not self.objective.repeatable_steps:
             why = ("data-parallel processes would time different numbers of collective steps"
                    if self.ranks.distributed else
                    f"a {self.objective.name} step has side effects (sampling, rewards)")
