@@ -56,12 +56,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _env import ROOT, environment  # noqa: E402
+from _models import LARGE, MODELS, benchmark_model  # noqa: E402
 
 PRECISIONS = ("float32", "bfloat16", "auto")
-MODELS = ("embedded", "large")
-LARGE = {"hidden_size": 768, "num_hidden_layers": 8, "num_attention_heads": 12,
-         "num_key_value_heads": 4, "intermediate_size": 2048, "vocab_size": 1658,
-         "max_position_embeddings": 512, "tie_word_embeddings": True, "rms_norm_eps": 1e-6}
 MARK = "@@BENCH_PRECISION@@ "
 CATEGORIES = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
@@ -91,20 +88,16 @@ def build(which: str, precision: str, steps: int, seed: int = 0):
 
     if which == "embedded":
         from ftlab.data import prepare_sft
-        from ftlab.models import load_base_model
         from ftlab.paths import data_dir
 
-        model, tokenizer = load_base_model()
+        model, tokenizer = benchmark_model("embedded", seed)
         examples = prepare_sft(DataConfig(path=data_dir() / "sft" / "mixed_style.jsonl",
                                           max_length=80, replay_fraction=0.5, seed=seed),
                                tokenizer).train
         targets = find_target_modules(model, ["q_proj", "k_proj", "v_proj", "o_proj"])
         batch, max_length, pad = 8, 80, tokenizer.pad_token_id
     else:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(LlamaConfig(**LARGE)).float()
+        model, _ = benchmark_model("large", seed)
         g = torch.Generator().manual_seed(seed)
         examples = []
         for _ in range(64):

@@ -3,7 +3,10 @@
 What is measured
 ----------------
 LoRA supervised fine-tuning of the embedded 4.6M-parameter Llama
-(``ftlab.models.load_base_model``), float32 on the CPU, by two training loops:
+(``ftlab.models.load_base_model``) — or, with ``--model large``, of the 51.6M-parameter Llama
+of ``bench_lora_step.py`` (random init from the seed, equal in every worker; the embedded
+tokenizer, so the same data) — in float32 (or ``--precision bfloat16``) on the CPU, by two
+training loops:
 
 * **ours**: ``ftlab.train.Trainer(model, train_examples, TrainConfig(...), run_dir, pad_id,
   progress=False).fit()`` after ``ftlab.lora.inject_lora(model, find_target_modules(model),
@@ -139,6 +142,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _env import ROOT, environment  # noqa: E402
+from _models import DESCRIPTIONS, MODELS, benchmark_model  # noqa: E402
 
 ROWS = ("ours", "trl", "trl_grouped", "trl_padding_free")
 ROW_LABELS = {
@@ -265,12 +269,11 @@ def worker_ours(args, replicate: int = 1, epoch_fraction: float | None = None) -
 
     from ftlab.config import TrainConfig
     from ftlab.lora import find_target_modules, inject_lora
-    from ftlab.models import load_base_model
     from ftlab.train import Trainer, validation_loss
 
     t_setup = time.perf_counter()
     torch.manual_seed(args.seed)
-    model, tokenizer = load_base_model()
+    model, tokenizer = benchmark_model(args.model, args.seed)
     data = prepare(args, tokenizer)
     train = data["train"] * replicate
     targets = find_target_modules(model)
@@ -400,12 +403,11 @@ def worker_trl(args, row: str) -> dict:
 
     from ftlab.data.collate import collate
     from ftlab.lora import find_target_modules
-    from ftlab.models import load_base_model
     from ftlab.train import validation_loss
 
     t_setup = time.perf_counter()
     torch.manual_seed(args.seed)
-    model, tokenizer = load_base_model()
+    model, tokenizer = benchmark_model(args.model, args.seed)
     data = prepare(args, tokenizer, with_conversations=True)
     train = data["train"]
     targets = find_target_modules(model)
@@ -577,7 +579,7 @@ def worker_main(args) -> int:
 
 SHARED_FLAGS = ("steps", "batch", "lr", "rank", "alpha", "dropout", "warmup_ratio",
                 "min_lr_ratio", "max_grad_norm", "max_length", "validation_fraction", "seed",
-                "threads", "precision")
+                "threads", "precision", "model")
 
 
 def run_worker(args, row: str, replicate: int = 1) -> dict:
@@ -656,7 +658,8 @@ def markdown(report: dict) -> str:
         "",
         f"{env['date']}, {env['cpu_count']} CPUs ({st['threads']} torch threads in every "
         f"worker), Python {env['python']}, torch {env['torch']}, transformers "
-        f"{env['transformers']}, TRL {env['trl']}, PEFT {env['peft']}. Embedded 4.6M Llama, "
+        f"{env['transformers']}, TRL {env['trl']}, PEFT {env['peft']}. "
+        f"{DESCRIPTIONS[st.get('model', 'embedded')]}, "
         f"{st['precision']} on CPU (ours: train.precision; TRL: bf16="
         f"{st['precision'] == 'bfloat16'}); {st['train_examples']} training / {st['validation_examples']} "
         f"validation conversations (max_length {st['max_length']}); LoRA r={st['rank']}, "
@@ -849,6 +852,9 @@ def parse_args(argv=None):
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="ours: train.precision; TRL: bf16=True for bfloat16")
+    p.add_argument("--model", choices=MODELS, default="embedded",
+                   help="the model both trainers fine-tune: the embedded base model, or the "
+                        "51.6M Llama of bench_lora_step.py (random init; default: %(default)s)")
     p.add_argument("--name", default="train",
                    help="results file name: <out>/<name>.json and <name>.md")
     p.add_argument("--warmup-ratio", type=float, default=0.05)
@@ -935,6 +941,7 @@ def main(argv=None) -> int:
                      "scale_repeats": args.scale_repeats, "threads": args.threads,
                      "batch": args.batch, "grad_accum": 1, "lr": args.lr, "rank": args.rank,
                      "alpha": args.alpha, "dropout": args.dropout, "precision": args.precision,
+                     "model": args.model,
                      "warmup_ratio": args.warmup_ratio, "min_lr_ratio": args.min_lr_ratio,
                      "max_grad_norm": args.max_grad_norm, "weight_decay": 0.0,
                      "max_length": args.max_length,
