@@ -21,10 +21,9 @@ def benchmark_model(which: str, seed: int):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftlab.models import load_base_model
+    from ftlab.models import load_base_model, load_tokenizer
 
-    model, tokenizer = load_base_model()
-    if which == "large":
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(LlamaConfig(**LARGE)).float()
-    return model, tokenizer
+    if which == "embedded":
+        return load_base_model()
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**LARGE)).float(), load_tokenizer()

@@ -203,7 +203,7 @@ def test_the_trainer_does_not_time_an_objective_whose_steps_are_not_repeatable(t
                       progress=False, objective=_SamplingObjective(), print_fn=said.append)
     trainer.fit()
     assert trainer.precision == "float32"
-    assert "precision: auto: float32 (bf16 not timed: a sampling step has side effects" in said[0]
+    assert "precision: auto: float32 (bf16 not timed: a sampling step cannot be run outside training)" in said[0]
 
 
 def test_measuring_auto_leaves_the_run_exactly_as_it_was(tmp_path, monkeypatch):

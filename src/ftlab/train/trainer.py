@@ -402,7 +402,7 @@ class Trainer:
         if self.ranks.distributed or not self.objective.repeatable_steps:
             why = ("data-parallel processes would time different numbers of collective steps"
                    if self.ranks.distributed else
-                   f"a {self.objective.name} step has side effects (sampling, rewards)")
+                   f"a {self.objective.name} step cannot be run outside training")
             return decide(self.config.precision, self.device, self.model, None, why)
         first: list[dict[str, torch.Tensor]] = []
 
