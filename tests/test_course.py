@@ -362,6 +362,55 @@ def test_verify_finds_solution_text_in_the_learner_edition(course, learner, tmp_
     assert clean.ok
 
 
+def test_verify_checks_wrong_answers_kept_outside_the_project(course, tmp_path):
+    """``--wrong FILE``: a blind audit's wrong answers are judged instead of the catalogue
+    and the stubs; one is caught, one passes every check and is reported."""
+    outside = tmp_path / "audit.py"
+    outside.write_text(
+        "from ftlab.course.wrong import WrongAnswer\n"
+        "WRONG_ANSWERS = [\n"
+        "    WrongAnswer(task='M1.1', label='first value skipped', message_contains=(),\n"
+        "                code='return sum(xs[1:])'),\n"
+        "    WrongAnswer(task='M1.2', label='median', message_contains=(),\n"
+        "                code='return sorted(xs)[len(xs) // 2] if len(xs) % 2 else '\n"
+        "                     '(sorted(xs)[len(xs) // 2 - 1] + sorted(xs)[len(xs) // 2]) / 2'),\n"
+        "]\n")
+    report = verify(course, progress=False, wrong_file=outside)
+    assert [p for p in report.problems if p.startswith("(e)")] == [
+        "(e) uncaught wrong answer for M1.2: 'median' passes every check"], report.problems
+    assert "0 regions, 2 wrong answers checked" in report.notes
+
+
+def test_a_crash_in_learner_code_is_a_course_message_naming_the_region(course):
+    """An exception inside a solution region (here M1.1's, reached through M1.2's check)
+    fails each task test with the course message: the test's task, the exception, the line
+    and the task whose region raised it; no raw traceback reaches the progress lines."""
+    stats = course / "src/toy/stats.py"
+    stats.write_text(stats.read_text().replace("result += x", "result += x[0]"))
+    run = run_suite(course, ["milestones/m1_toy"])
+    by_name = {r["name"]: r for r in run.records}
+    message = by_name["test_m1_2_mean_divides_by_count"]["message"]
+    assert message.startswith("AssertionError: [M1.2]"), message
+    assert "TypeError: 'float' object is not subscriptable at src/toy/stats.py:" in message
+    assert "in total (inside M1.1's solution)" in message
+    assert "likely cause: a crash inside M1.1's code" in message
+    assert by_name["test_m1_1_total_adds_every_value"]["message"].startswith(
+        "AssertionError: [M1.1]")
+    assert by_name["test_given_describe"]["outcome"] == "passed"
+
+
+def test_a_fixture_that_crashes_in_learner_code_is_a_course_message(course):
+    test = course / "milestones/m1_toy/test_stats.py"
+    test.write_text(test.read_text() + (
+        "\n\n@pytest.fixture\ndef halves():\n    return mean([1])[0]\n\n\n"
+        "def test_m1_2_mean_of_one(halves):\n    pass\n"))
+    run = run_suite(course, ["milestones/m1_toy"])
+    record = next(r for r in run.records if r["name"] == "test_m1_2_mean_of_one")
+    assert record["outcome"] == "failed"
+    assert record["message"].startswith("AssertionError: [M1.2]"), record["message"]
+    assert "TypeError: 'float' object is not subscriptable" in record["message"]
+
+
 def test_reference_course_verifies():
     """The real project: every milestone that has landed passes ``ftlab course verify``."""
     report = verify(ROOT, progress=False)

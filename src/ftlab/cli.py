@@ -112,7 +112,7 @@ def _cmd_course_verify(args: argparse.Namespace) -> int:
     from ftlab.course.verify import verify
 
     tasks = set(args.tasks.split(",")) if args.tasks else None
-    report = verify(args.project, jobs=args.jobs, tasks=tasks)
+    report = verify(args.project, jobs=args.jobs, tasks=tasks, wrong_file=args.wrong)
     for note in report.notes:
         print(f"note: {note}")
     for problem in report.problems:
@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=2, help="mutants run at a time (default: 2)")
     p.add_argument("--tasks", default=None, metavar="M1.5,M2.2",
                    help="only the mutants (stub and wrong answers) of these tasks")
+    p.add_argument("--wrong", type=Path, default=None, metavar="FILE.py",
+                   help="check the WRONG_ANSWERS of this file instead of the project's "
+                        "catalogue and the stubs (e.g. wrong answers kept outside the project)")
     p.set_defaults(func=_cmd_course_verify)
     return parser
 

@@ -11,6 +11,12 @@ is passed, failed, skipped or blocked; ``message`` is the first failure's summar
 is *blocked* when it stops on the ``NotImplementedError`` stub of other tasks (listed in
 ``blocked_by``): its own task cannot be judged until those are done.
 
+A task test that crashes with any exception other than an assertion or a stub's
+``NotImplementedError`` (a shape or device mismatch inside learner code, a fixture that
+raises) fails with a course message instead of a raw traceback: the task, the exception,
+where it was raised (the deepest frame inside ``src/``, with the task whose solution
+region holds that line) and what to read (:func:`crash_message`).
+
 When ``FTLAB_TRACE_REGIONS`` names a JSON file of solution regions
 (``[{"task", "path", "begin", "end"}]``, absolute paths), each record also gets
 ``exercised``: the tasks whose region lines ran during the test (``course verify`` runs a
@@ -23,11 +29,14 @@ import json
 import os
 import sys
 import threading
+import traceback
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from ftlab.course.tasks import mentioned_tasks, milestone_of, sort_key, task_of_test
+from ftlab.course.teaching import teach
 
 RESULTS_ENV = "FTLAB_RESULTS"
 TRACE_ENV = "FTLAB_TRACE_REGIONS"
@@ -75,6 +84,77 @@ class RegionTracer:
         threading.settrace(None)
 
 
+def _region_of(path: str, line: int) -> str | None:
+    """The task whose solution region holds ``path:line`` (regions parsed once per file)."""
+    path = os.path.realpath(path)
+    if path not in _region_spans:
+        from ftlab.course.regions import parse_text, read_source
+
+        try:
+            _region_spans[path] = [(r.begin, r.end, r.task)
+                                   for r in parse_text(read_source(Path(path)), path)[0]]
+        except (OSError, UnicodeDecodeError, SyntaxError):
+            _region_spans[path] = []
+    return next((task for begin, end, task in _region_spans[path] if begin < line < end), None)
+
+
+_region_spans: dict[str, list[tuple[int, int, str]]] = {}
+
+
+def crash_message(task: str, what: str, error: BaseException) -> str:
+    """The teaching message of a task test stopped by ``error`` raised in code under test:
+    names ``task``, the exception and the deepest frame in the package (``src/...:line``,
+    and the task whose solution region it is in), so a shape or device mismatch points at
+    the line to fix instead of a traceback through the checks."""
+    frames = traceback.extract_tb(error.__traceback__)
+    inside = [f for f in frames if f"{os.sep}src{os.sep}" in f.filename
+              and f"{os.sep}course{os.sep}" not in f.filename]
+    frame = inside[-1] if inside else (frames[-1] if frames else None)
+    where, owner = "", None
+    if frame is not None:
+        short = frame.filename.split(f"{os.sep}src{os.sep}", 1)[-1]
+        owner = _region_of(frame.filename, frame.lineno or 0)
+        where = (f" at src/{short}:{frame.lineno} in {frame.name}"
+                 + (f" (inside {owner}'s solution)" if owner else ""))
+    blame = owner or task
+    return teach(task, what, "your code to run without raising",
+                 f"{type(error).__name__}: {error}{where}".strip(),
+                 f"a crash inside {blame}'s code: compare the shapes, dtypes and devices it "
+                 f"uses with the docstring of {blame}; the check's input is allowed by the spec")
+
+
+def _what(item) -> str:
+    doc = (getattr(item, "obj", None).__doc__ or "").strip() if hasattr(item, "obj") else ""
+    return doc.splitlines()[0] if doc else item.name
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Task tests: a crash in the code under test becomes a course message (module doc)."""
+    task = task_of_test(pyfuncitem.name.split("[", 1)[0])
+    try:
+        return (yield)
+    except (AssertionError, NotImplementedError):
+        raise
+    except Exception as error:  # noqa: BLE001 - any crash in learner code is reported
+        if task is None:
+            raise
+        raise AssertionError(crash_message(task, _what(pyfuncitem), error)) from error
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A fixture of a task test that crashes (it ran code under test) is reported like a
+    crash in the test itself: the course message replaces the setup error's traceback."""
+    report = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    task = task_of_test(item.name.split("[", 1)[0])
+    if (call.when == "setup" and task and isinstance(error, Exception)
+            and not isinstance(error, (AssertionError, NotImplementedError))):
+        report.longrepr = "AssertionError: " + crash_message(task, _what(item), error)
+    return report
+
+
 _tracer: RegionTracer | None = None
 _exercised: dict[str, set[str]] = {}
 
@@ -101,7 +181,8 @@ def _message(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is not None:
         return crash.message
-    return str(report.longrepr).strip().splitlines()[-1] if report.longrepr else ""
+    text = str(report.longrepr).strip() if report.longrepr else ""
+    return text if text.startswith("AssertionError: [") else (text.splitlines() or [""])[-1]
 
 
 def _new_record(report: pytest.TestReport) -> dict:

@@ -37,7 +37,7 @@ from ftlab.course.regions import (Region, course_files, find_regions, notebook_c
 from ftlab.course.release import check_project, release
 from ftlab.course.runner import SuiteRun, run_suite
 from ftlab.course.tasks import mentioned_tasks, milestone_of
-from ftlab.course.wrong import WrongAnswer, load_catalogue
+from ftlab.course.wrong import WrongAnswer, load_catalogue, load_wrong_file
 from ftlab.hardware import threads_per_process
 
 LINKED = ("milestones", "data", "configs", "notebooks", "pyproject.toml")
@@ -195,11 +195,13 @@ def _indented(code: str, indent: str) -> list[str]:
 
 
 def verify(root: Path, jobs: int = 2, progress: bool = True,
-           tasks: set[str] | None = None) -> Report:
+           tasks: set[str] | None = None, wrong_file: Path | None = None) -> Report:
     """Run checks (a)-(e) on the project at ``root``; see the module docstring.
 
     ``tasks`` limits the mutants of (c) and (e) to those tasks (a quick check while writing
-    a task's checks); (a), (b) and (d) always cover the whole project.
+    a task's checks); (a), (b) and (d) always cover the whole project. ``wrong_file``: a
+    Python file with a ``WRONG_ANSWERS`` list checked *instead of* the project's catalogue
+    and the stubs (wrong answers kept outside the repository, e.g. a blind audit's).
     """
     root = root.resolve()
     check_project(root)
@@ -235,8 +237,8 @@ def verify(root: Path, jobs: int = 2, progress: bool = True,
         _check_leaks(root, learner, find_regions(root), report)
 
     by_task = {r.task: r for r in regions}
-    catalogue = load_catalogue(root)
-    mutants = [Mutant(r, [r.stub_line()]) for r in regions]
+    catalogue = load_catalogue(root) if wrong_file is None else load_wrong_file(wrong_file)
+    mutants = [Mutant(r, [r.stub_line()]) for r in regions if wrong_file is None]
     for wrong in catalogue:
         if wrong.task not in by_task:
             report.problems.append(f"(e) wrong answer '{wrong.label}' names {wrong.task}, "

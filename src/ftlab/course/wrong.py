@@ -56,10 +56,13 @@ def variant(root: Path, task: str, old: str, new: str) -> str:
     return code.replace(old, new, 1)
 
 
+def load_wrong_file(file: Path) -> list[WrongAnswer]:
+    """The ``WRONG_ANSWERS`` list of one Python file (empty when it has none)."""
+    return list(runpy.run_path(str(file)).get("WRONG_ANSWERS", []))
+
+
 def load_catalogue(root: Path) -> list[WrongAnswer]:
     """Every wrong answer in ``root/tests/wrong_answers/*.py``, in file order."""
     folder = root / CATALOGUE
-    answers: list[WrongAnswer] = []
-    for file in sorted(folder.glob("*.py")) if folder.is_dir() else []:
-        answers += runpy.run_path(str(file)).get("WRONG_ANSWERS", [])
-    return answers
+    return [answer for file in (sorted(folder.glob("*.py")) if folder.is_dir() else [])
+            for answer in load_wrong_file(file)]
