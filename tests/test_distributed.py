@@ -186,11 +186,23 @@ def test_fsdp2_full_fine_tuning_matches_ddp_and_resumes(tmp_path):
 
 def _join_and_leave(fail: bool) -> tuple[int, bool]:
     """Leave the group run_processes made, join again as a launched process does (the
-    environment names the group), and report the world inside and the group after."""
+    environment names the group), and report the world inside and the group after.
+
+    The new group meets on a fresh port that rank 0 chose and shared through the old group:
+    re-joining on the old port let a fast process rendezvous with the old store before
+    rank 0 had closed it, and rank 0 then waited for it in vain (a flake under load)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = [s.getsockname()[1]]
+    torch.distributed.broadcast_object_list(port, src=0)
+    os.environ["MASTER_PORT"] = str(port[0])
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     inside = 0
     try:
-        with joined(timeout_s=60) as here:
+        with joined(timeout_s=600) as here:
             inside = here.world_size
             if fail:
                 raise ValueError("the stage failed")

@@ -3,6 +3,8 @@ the transformers + bitsandbytes loader and its CPU trap, QLoRA models, merging, 
 
 from __future__ import annotations
 
+import warnings
+
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -43,19 +45,36 @@ def test_codes_equal_bitsandbytes_on_every_weight_of_the_base_model(base_model):
         assert torch.equal(absmax, state.absmax), name
         ours = NF4Weight(packed, tuple(w.shape), absmax=absmax).dequantize()
         assert torch.equal(ours, _bnb_reference_dequantize(want, state)), name
-        if w.shape[1] % 64 == 0:  # see test_bitsandbytes_cpu_dequantize_fault_is_detected
+        if w.shape[1] % 64 == 0:  # see test_bitsandbytes_cpu_dequantize_fault_is_detected_where_it_happens
             assert torch.equal(ours, bnbf.dequantize_4bit(want, state)), name
 
 
-def test_bitsandbytes_cpu_dequantize_fault_is_detected(base_model):
-    """bitsandbytes 0.50.2's native CPU dequantization is wrong when a block spans two rows
-    (down_proj: 688 inputs); the loader names such layers, and each named layer's reference
-    dequantization is closer to the original weight than bitsandbytes' own."""
-    with pytest.warns(UserWarning, match="dequantizes .* wrongly") as caught:
+def _native_kernel_spans_rows_wrongly() -> bool:
+    """Measured here: does bitsandbytes' native CPU kernel dequantize a weight whose rows
+    are not a multiple of the block (a block spans two rows) differently from its own
+    reference kernel? (Yes on the AVX-512 CPUs it was found on; no on some AVX2-only ones.)"""
+    w = torch.randn(8, 688, generator=torch.Generator().manual_seed(0))
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    return not torch.equal(bnbf.dequantize_4bit(packed, state),
+                           _bnb_reference_dequantize(packed, state))
+
+
+def test_bitsandbytes_cpu_dequantize_fault_is_detected_where_it_happens(base_model):
+    """bitsandbytes 0.50.2's native CPU dequantization is wrong on some CPUs when a block
+    spans two rows (down_proj: 688 inputs). Decided by measuring on this machine: where the
+    kernel is wrong, the loader warns and names exactly such layers, and each named layer's
+    reference dequantization is closer to the original weight than bitsandbytes' own; where
+    it is right, the loader names none and says nothing."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         model = load_quantized(base_model_dir(), double_quant=False)
+    warned = [w for w in caught if "dequantizes" in str(w.message) and "wrongly" in str(w.message)]
     faulty = cpu_dequantize_faults(model)
+    if not _native_kernel_spans_rows_wrongly():
+        assert faulty == [] and warned == [], (faulty, [str(w.message) for w in warned])
+        return
     assert faulty and all(name.endswith("mlp.down_proj") for name in faulty)
-    assert str(len(faulty)) in str(caught[0].message)
+    assert len(warned) == 1 and str(len(faulty)) in str(warned[0].message)
     original = base_model[0].get_submodule(faulty[0]).weight.detach()
     weight = model.get_submodule(faulty[0]).weight
     native = bnbf.dequantize_4bit(weight.data, weight.quant_state)
