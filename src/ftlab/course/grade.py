@@ -15,8 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ftlab.course.manifest import graded_tasks
 from ftlab.course.plugin import task_status
-from ftlab.course.release import graded_tasks
 from ftlab.course.runner import run_suite
 from ftlab.course.tasks import milestone_of, sort_key
 from ftlab.errors import FtlabError

@@ -67,7 +67,7 @@ def check(*what: str, project: Path | None = None) -> bool:
     blocked, or a failing task's teaching message and the function to edit; for a milestone
     also its progress table. Works from any folder of the project (``notebooks/`` too).
     Returns whether every task named passed."""
-    from ftlab.course.release import task_locations
+    from ftlab.course.manifest import task_locations
     from ftlab.course.runner import run_suite
 
     bad = [w for w in what if not (TASK_ID.match(w) or _MILESTONE.match(w))]

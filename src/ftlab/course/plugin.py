@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from ftlab.course.manifest import task_locations
+from ftlab.course.regions import parse_text, read_source
 from ftlab.course.tasks import mentioned_tasks, milestone_of, sort_key, task_of_test
 from ftlab.course.teaching import teach
 
@@ -88,8 +90,6 @@ def _region_of(path: str, line: int) -> str | None:
     """The task whose solution region holds ``path:line`` (regions parsed once per file)."""
     path = os.path.realpath(path)
     if path not in _region_spans:
-        from ftlab.course.regions import parse_text, read_source
-
         try:
             _region_spans[path] = [(r.begin, r.end, r.task)
                                    for r in parse_text(read_source(Path(path)), path)[0]]
@@ -298,8 +298,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
             r["exercised"] = sorted(_exercised.get(r["nodeid"], ()), key=sort_key)
     lines = progress(records)
     if lines:
-        from ftlab.course.release import task_locations
-
         terminalreporter.write_sep("=", "ftlab progress")
         for line in [*task_lines(records, task_locations(terminalreporter.config.rootpath)),
                      *lines]:

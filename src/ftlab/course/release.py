@@ -16,6 +16,8 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from ftlab.course.grade import render_markdown, summarize
+from ftlab.course.manifest import MANIFEST, manifest_entry
 from ftlab.course.path import load_path, start_here
 from ftlab.course.regions import Region, find_regions, source_text, stub_text
 from ftlab.course.tasks import notebook_of, sort_key
@@ -26,7 +28,6 @@ COPIED = ("src", "notebooks", "milestones", "data", "configs", "pyproject.toml",
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info",
                                  ".pytest_cache", ".base_model-*", "*~", ".#*", "*.orig",
                                  "*.rej", "*.bak", "*.swp", "grades.*")
-MANIFEST = "course.json"
 """The learner edition's list of tasks (the regions are gone from its sources)."""
 TESTPATHS = ('testpaths = ["tests", "milestones", "notebooks"]',
              'testpaths = ["milestones"]\npythonpath = ["src"]')
@@ -140,8 +141,6 @@ def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
 
 def _grading_section() -> list[str]:
     """How grading works, with an example table rendered by the grader itself."""
-    from ftlab.course.grade import render_markdown, summarize
-
     def record(task: str, outcome: str, message: str = "", blocked_by: tuple = ()) -> dict:
         return {"nodeid": f"milestones/test_{task}", "task": task, "outcome": outcome,
                 "message": message, "blocked_by": list(blocked_by)}
@@ -231,29 +230,6 @@ def release(root: Path, out: Path, force: bool = False) -> list[Region]:
     if (out / "notebooks").is_dir():
         (out / "notebooks/README.md").write_text(NOTEBOOKS_README, encoding="utf-8")
     (out / "README.md").write_text(learner_readme(regions, load_path(root)), encoding="utf-8")
-    manifest = [{"task": r.task, "qualname": r.qualname, "path": r.path,
-                 "notebook": notebook_of(r.task), "graded": r.cell is None}
-                for r in sorted(regions, key=lambda r: sort_key(r.task))]
+    manifest = [manifest_entry(r) for r in sorted(regions, key=lambda r: sort_key(r.task))]
     (out / MANIFEST).write_text(json.dumps({"tasks": manifest}, indent=1) + "\n")
     return regions
-
-
-def graded_tasks(project: Path) -> set[str]:
-    """Tasks a project must grade: its code regions, or a learner edition's manifest."""
-    manifest = project / MANIFEST
-    if manifest.is_file():
-        return {t["task"] for t in json.loads(manifest.read_text())["tasks"] if t["graded"]}
-    return {r.task for r in find_regions(project) if r.cell is None}
-
-
-def task_locations(project: Path) -> dict[str, tuple[str, str]]:
-    """``task -> (function, file)`` of every task of a project (a learner edition's
-    manifest, or the reference's regions); empty when neither is readable."""
-    manifest = project / MANIFEST
-    try:
-        if manifest.is_file():
-            return {t["task"]: (t["qualname"], t["path"])
-                    for t in json.loads(manifest.read_text())["tasks"]}
-        return {r.task: (r.qualname, r.path) for r in find_regions(project)}
-    except (FtlabError, OSError, ValueError, KeyError):
-        return {}

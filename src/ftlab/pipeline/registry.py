@@ -82,9 +82,9 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def stage_for(config: StageConfig) -> Stage:
-    """The registered stage of ``config.kind``, built for ``config``."""
-    from ftlab.pipeline import rl_stage, stages  # noqa: F401  (register the built-in stages)
-
+    """The registered stage of ``config.kind``, built for ``config`` (the built-in stages
+    register when :mod:`ftlab.pipeline` is imported, which any import of this module does
+    first)."""
     if config.kind not in STAGES:
         raise ConfigError(f"stage '{config.name}': no stage is registered for kind "
                           f"'{config.kind}' (known: {', '.join(sorted(STAGES))})")

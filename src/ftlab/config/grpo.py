@@ -1,0 +1,93 @@
+"""The ``grpo`` section: sampling, rewards and the clipped loss of a grpo stage."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from ftlab.config.fields import Section
+
+REWARD_NAMES = ["correct", "polite", "ended", "length"]
+"""Reward functions a grpo stage can weight: the built-in ones (:mod:`ftlab.rl.rewards`)
+and any registered later (:func:`ftlab.rl.register_reward`)."""
+
+
+def register_reward_name(name: str) -> None:
+    """Accept ``name`` in a config's ``grpo.rewards`` (:func:`ftlab.rl.register_reward`
+    calls this)."""
+    if name not in REWARD_NAMES:
+        REWARD_NAMES.append(name)
+
+
+def _known_rewards(weights: dict[str, float]) -> dict[str, float]:
+    """Reject reward names no built-in function has, with a did-you-mean."""
+    for name in weights:
+        if name not in REWARD_NAMES:
+            close = difflib.get_close_matches(name, REWARD_NAMES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown reward '{name}'; known: {', '.join(REWARD_NAMES)}{hint}")
+    if not any(weights.values()):
+        raise ValueError("every reward weight is 0: nothing would be learned")
+    return weights
+
+
+class GRPOConfig(Section):
+    """Group relative policy optimisation with verifiable rewards (capstone, advanced track)."""
+
+    group_size: int = Field(
+        8,
+        ge=2,
+        description="Completions sampled per prompt (G); advantages compare each with its group. "
+        "Typical 4-16.",
+    )
+    max_new_tokens: int = Field(
+        24,
+        ge=1,
+        le=1024,
+        description="Token budget of a completion; a completion that has not stopped by then is "
+        "truncated (the 'ended' reward then gives 0).",
+    )
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 disables it.")
+    beta: float = Field(
+        0.04,
+        ge=0,
+        description="Weight of the KL penalty (k3 estimator) to the stage's input model; 0 skips the "
+        "reference pass. TRL's default is 0; DeepSeek-R1 used 0.001.",
+    )
+    epsilon: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
+    epsilon_high: float | None = Field(
+        None,
+        gt=0,
+        description="Clip range above 1; unset uses `epsilon` (DAPO recommends 0.28).",
+    )
+    kl_correction: bool = Field(
+        True,
+        description="Weight the per-token KL term by the probability ratio (TRL 1.16's default "
+        "use_bias_correction_kl): same value on-policy, the unbiased reverse-KL gradient.",
+    )
+    iterations: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per generation round (TRL's num_iterations); >1 reuses a round's "
+        "samples with clipped ratios.",
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="How per-token losses are averaged: 'dapo' (TRL's default) over the step's "
+        "completion tokens, 'grpo' per completion then over completions, 'bnpo' over a micro-batch's "
+        "tokens, 'dr_grpo' over completions x max_new_tokens.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="What centred rewards are divided by: the group's std ('group'), the batch's, or "
+        "nothing ('none', Dr. GRPO).",
+    )
+    rewards: Annotated[dict[str, float], AfterValidator(_known_rewards)] = Field(
+        default_factory=lambda: {"correct": 1.0},
+        description="Weight of each reward function by name: 'correct' (the world's check_answer), "
+        "'polite', 'ended' (stopped at the end-of-turn token), 'length' (penalty past 24 tokens), or "
+        "one registered with ftlab.rl.register_reward.",
+    )
