@@ -283,3 +283,71 @@ def test_a_killed_run_resumes_to_bit_identical_stage_outputs(capsys, tmp_path):
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (tmp_path / "killed/sft/adapter" / name).read_bytes() == \
             (tmp_path / "whole/sft/adapter" / name).read_bytes(), name
+
+
+PAIRS = data_dir() / "preferences/train.jsonl"
+
+
+def _start(config: Path, **popen) -> subprocess.Popen:
+    import torch  # the same reductions as this process: same bits
+
+    return subprocess.Popen([sys.executable, "-m", "ftlab.cli", "run", "--no-progress", str(config)],
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_ctrl_c_and_sigterm_stop_the_run_and_the_rerun_resumes_bit_identically(capsys, tmp_path):
+    """SIGINT during SFT, then SIGTERM during DPO: each stops the run at the next step
+    boundary with exit 130 and one line saying how to resume; the interrupted stage is not
+    recorded as done and nothing after it runs; each rerun resumes, and the final adapters
+    are byte for byte those of an uninterrupted run."""
+    def config(name: str) -> Path:
+        return _write(tmp_path / f"{name}.yaml", {"run_dir": str(tmp_path / name), "stages": [
+            _sft(str(SFT), steps=12, save_every=4, precision="float32"),
+            {"kind": "dpo", "data": {"path": str(PAIRS), "max_length": 96},
+             "lora": {"r": 4, "alpha": 8}, "eval": QUICK_EVAL,
+             "train": {"max_steps": 8, "batch_size": 4, "eval_every": 100, "save_every": 4,
+                       "lr": 2e-4, "precision": "float32"}}]})
+
+    assert _ftlab(capsys, "run", str(config("whole")))[0] == 0
+    for stage, sig, step in (("sft", signal.SIGINT, 5), ("dpo", signal.SIGTERM, 3)):
+        proc = _start(config("stopped"))
+        _wait_for_step(tmp_path / f"stopped/{stage}/train/metrics.jsonl", step, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 130, (out, err)
+        lines = [line for line in err.splitlines() if line.startswith("ftlab: error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert f"stage {stage}: interrupted at step" in lines[0], lines
+        assert "run the same command again to resume" in lines[0], lines
+        state = json.loads((tmp_path / "stopped/state.json").read_text())
+        assert stage not in state["stages"] and "merge" not in state["stages"], state["stages"]
+    code, out, err = _ftlab(capsys, "run", str(config("stopped")), "--no-progress")
+    assert code == 0, err
+    assert "resuming from checkpoint" in out, out
+    for stage in ("sft", "dpo"):
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            assert (tmp_path / f"stopped/{stage}/adapter" / name).read_bytes() == \
+                (tmp_path / f"whole/{stage}/adapter" / name).read_bytes(), (stage, name)
+
+
+def test_a_write_the_disk_refuses_is_one_line_and_leaves_no_half_checkpoint(tmp_path):
+    """A file-size limit (as a full disk) while a checkpoint is written: one line naming the
+    file and the cause, no traceback, no half-written checkpoint; without the limit the
+    same command then completes."""
+    import resource
+
+    limit = 100 * 1024  # `ulimit -f 100`: smaller than the adapter's weights
+    config = _write(tmp_path / "c.yaml", {"run_dir": str(tmp_path / "run"),
+                                          "stages": [_sft(str(SFT), steps=2)]})
+    proc = _start(config, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                (limit, limit)))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err and err.count("ftlab: error:") == 1, err
+    assert "cannot write" in err and "trainable.safetensors" in err and "File too large" in err
+    checkpoints = tmp_path / "run/sft/train/checkpoints"
+    assert not [p for p in checkpoints.glob("*")], list(checkpoints.glob("*"))
+    proc = _start(config)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err

@@ -1,19 +1,24 @@
 """The ``ftlab`` command.
 
 Every user-facing failure is an :class:`~ftlab.errors.FtlabError`, printed as
-``ftlab: error: ...`` (one line per problem) with exit status 2, never a traceback.
+``ftlab: error: ...`` (one line per problem) with exit status 2, never a traceback. A
+write the disk refuses (full, over a file-size limit, read-only) is one such line naming
+the file. Ctrl-C or SIGTERM ends with one line saying how to resume and exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ftlab import __version__
 from ftlab.course.tasks import mentioned_tasks
-from ftlab.errors import FtlabError
+from ftlab.errors import FtlabError, Interrupted
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -243,21 +248,47 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ftlab`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    speaks = os.environ.get("RANK", "0") == "0"  # of several processes, rank 0 speaks
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
-    except FtlabError as e:
-        if os.environ.get("RANK", "0") == "0":  # of several processes, rank 0 speaks
+    except (FtlabError, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt):
+            e = Interrupted("interrupted; completed stages and saved checkpoints are kept: "
+                            "run the same command again to resume")
+        if speaks:
             for line in str(e).splitlines():
                 print(f"ftlab: error: {line}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
+    except OSError as e:
+        if e.errno not in REFUSED_WRITES:
+            raise
+        if speaks:
+            print(f"ftlab: error: cannot write {e.filename or 'a file'}: {e.strerror}; free "
+                  "space (or raise the limit) and run the same command again: completed "
+                  "stages and checkpoints are kept", file=sys.stderr)
         return 2
     except NotImplementedError as e:  # a learner edition's task stub: say which, no traceback
         if not mentioned_tasks(str(e)):
             raise
         print(f"ftlab: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
-        sys.stderr.close()
-        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+REFUSED_WRITES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+"""OS errors of a write the disk refuses: reported as one line, not a traceback."""
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM outside training ends like Ctrl-C (training stops at its next step)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

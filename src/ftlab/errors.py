@@ -26,3 +26,8 @@ class ArtifactError(FtlabError):
 
 class TrainingError(FtlabError):
     """Training cannot produce a usable model as configured (e.g. most steps diverge)."""
+
+
+class Interrupted(FtlabError):
+    """The user stopped a run (Ctrl-C, SIGTERM) at a step boundary; its checkpoint is
+    written and the same command resumes it. The CLI exits 130 for it."""

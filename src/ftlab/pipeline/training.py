@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ftlab.config import LoRAConfig, QuantConfig, StageConfig, TrainConfig
-from ftlab.errors import ConfigError
+from ftlab.errors import ConfigError, Interrupted
 from ftlab.lora import combine_adapters, find_target_modules, inject_lora, save_adapter
 from ftlab.lora.peft_io import CONFIG
 from ftlab.paths import base_model_dir
@@ -80,11 +80,17 @@ def train_ftlab(model: nn.Module, train: list[dict], validation: list[dict],
                 objective: Objective, progress: bool,
                 print_fn: Callable[[str], None] = print) -> dict[str, float]:
     """Train with our Trainer into ``folder/train`` (resumable; ``print_fn`` hears from
-    which step); returns its figures, skipped steps included. With several processes every
+    which step); returns its figures, skipped steps included. Raises
+    :class:`~ftlab.errors.Interrupted` when Ctrl-C or SIGTERM stopped the training (its
+    checkpoint is written; the stage is not complete). With several processes every
     one calls it; ``model`` ends whole (unsharded) on each."""
     trainer = Trainer(model, train, config, folder / "train", pad_id, validation, max_length,
                       progress=progress, objective=objective, print_fn=print_fn)
     result = trainer.fit()
+    if result.interrupted:  # never hand a half-trained model to the next stage
+        where = result.checkpoint.relative_to(folder.parent) if result.checkpoint else folder.name
+        raise Interrupted(f"interrupted at step {result.steps} of {result.total_steps}; "
+                          f"checkpoint {where} is saved: run the same command again to resume")
     unshard(model)  # FSDP2: whole weights on every process again, so rank 0 can save them
     return {"steps": result.steps, "skipped_steps": result.skipped_steps,
             "final_loss": result.final_loss,

@@ -124,9 +124,17 @@ def _fsync(path: Path) -> None:
 
 
 def write_file(path: Path, write) -> None:
-    """Call ``write(path)`` and flush the file to disk."""
-    write(path)
-    _fsync(path)
+    """Call ``write(path)`` and flush the file to disk. A write that fails (disk full, a
+    file-size limit: torch reports these as ``RuntimeError``, safetensors as its own error)
+    raises :class:`ArtifactError` naming the file and the cause."""
+    try:
+        write(path)
+        _fsync(path)
+    except Exception as error:  # noqa: BLE001 - every library words a failed write its own way
+        raise ArtifactError(f"cannot write {path}: {type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                            "; free space (or raise the limit) and run again: the checkpoints "
+                            "already written are kept") from error
 
 
 def save_checkpoint(root: Path, weights: dict[str, torch.Tensor], state: dict,
@@ -142,11 +150,16 @@ def save_checkpoint(root: Path, weights: dict[str, torch.Tensor], state: dict,
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_file(tmp / WEIGHTS, lambda p: save_file(weights, str(p)))
-    write_file(tmp / STATE, lambda p: torch.save(state, p))
-    write_file(tmp / CONFIG, lambda p: p.write_text(json.dumps(config, indent=1, default=str)))
-    manifest = {"step": step, "files": file_manifest(tmp, [tmp / n for n in (WEIGHTS, STATE, CONFIG)])}
-    write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    try:
+        write_file(tmp / WEIGHTS, lambda p: save_file(weights, str(p)))
+        write_file(tmp / STATE, lambda p: torch.save(state, p))
+        write_file(tmp / CONFIG, lambda p: p.write_text(json.dumps(config, indent=1, default=str)))
+        manifest = {"step": step,
+                    "files": file_manifest(tmp, [tmp / n for n in (WEIGHTS, STATE, CONFIG)])}
+        write_file(tmp / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    except ArtifactError:
+        shutil.rmtree(tmp, ignore_errors=True)  # never left half-written
+        raise
     os.rename(tmp, final)
     _fsync(root)
     return final

@@ -13,9 +13,9 @@ checkpoint (M4.4). Run directory::
     <run_dir>/checkpoints/step-NNNNNN/   the newest ``keep_last`` and the best
 
 ``fit()`` on a run directory with checkpoints resumes from the newest good one: the result
-is bit-identical to a run that was never interrupted. Ctrl-C (SIGINT) stops at the end of
-the current step and writes a checkpoint; a second Ctrl-C stops at once (``print_fn`` says
-from which step it resumed). A step with a non-finite loss or gradient norm is skipped and
+is bit-identical to a run that was never interrupted. Ctrl-C (SIGINT) or SIGTERM stops at
+the end of the current step and writes a checkpoint (``TrainResult.interrupted``); a second
+one stops at once (``print_fn`` says from which step a later ``fit()`` resumed). A step with a non-finite loss or gradient norm is skipped and
 counted; once more than ``max_skipped_fraction`` of the planned steps are skipped, ``fit()``
 raises :class:`~ftlab.errors.TrainingError` naming the likely cause.
 
@@ -285,15 +285,19 @@ class Trainer:
             yield
             return
 
+        stops = (signal.SIGINT, signal.SIGTERM)
+
         def handler(signum, frame):
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+            for sig in stops:  # a second Ctrl-C (or SIGTERM) interrupts at once
+                signal.signal(sig, previous[sig])
             self.request_stop()
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in stops}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig in stops:
+                signal.signal(sig, previous[sig])
 
     def _emit(self, record: dict) -> None:
         if not self.ranks.is_main:
