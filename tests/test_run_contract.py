@@ -86,6 +86,10 @@ def test_data_rejections_are_printed_kept_and_refused_above_the_limit(capsys, tm
     ("  train:\n    batch_size: true\n    max_steps: yes\n",
      [":7: stages.0.train.batch_size: must be a number, not a boolean (got True)",
       ":8: stages.0.train.max_steps: must be a number, not a boolean (got True)"]),
+    ("  name: ../../escaped_stage\n",
+     [":6: stages.0.name: a stage name becomes its folder in the run folder, so it must be a "
+      "plain name"]),
+    ("  name: /tmp/absolute\n", [":6: stages.0.name: a stage name becomes its folder"]),
 ])
 def test_misread_configs_are_errors_with_their_lines(capsys, tmp_path, train_block, problems):
     path = tmp_path / "bad.yaml"
@@ -351,3 +355,44 @@ def test_a_write_the_disk_refuses_is_one_line_and_leaves_no_half_checkpoint(tmp_
     proc = _start(config)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+
+
+def test_run_folders_that_cannot_be_one_and_data_paths_that_loop_are_one_line(capsys, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    config = _write(tmp_path / "c.yaml", {"run_dir": str(tmp_path / "run"), "stages": [_sft(str(SFT))]})
+    for args, problem in (
+            (["--run-dir", str(tmp_path / "a_file")], "it is a file, not a folder"),
+            (["--run-dir", str(tmp_path / "a_file/run")], "is a file, so no folder can be made")):
+        for dry in ([], ["--dry-run"]):
+            code, out, err = _ftlab(capsys, "run", str(config), *args, *dry)
+            assert code == 2 and problem in err and "Traceback" not in err, err
+    looping = _write(tmp_path / "loop.yaml", {"run_dir": str(tmp_path / "run"),
+                                              "stages": [_sft("loop1")]})
+    code, out, err = _ftlab(capsys, "run", str(looping), "--dry-run")
+    assert code == 2 and "data file cannot be resolved" in err and "loop" in err.lower(), err
+
+
+def test_a_second_run_on_a_busy_run_folder_is_refused_and_a_dead_holder_is_taken_over(
+        capsys, tmp_path):
+    """Two `ftlab run` on one folder: the second fails at once naming the first's pid and
+    leaves the first's files alone; after the first is killed (its lock dies with it) a
+    new run takes the folder over, says so, and completes."""
+    config = _write(tmp_path / "c.yaml", {"run_dir": str(tmp_path / "run"),
+                                          "stages": [_sft(str(SFT), steps=40, save_every=5)]})
+    first = _start(config)
+    _wait_for_step(tmp_path / "run/sft/train/metrics.jsonl", 1, first)
+    code, out, err = _ftlab(capsys, "run", str(config), "--no-progress")
+    assert code == 2, out
+    assert f"another ftlab run is using this run folder (process {first.pid} on " in err, err
+    assert first.poll() is None  # untouched: still training
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    code, out, err = _ftlab(capsys, "run", str(config), "--no-progress")
+    assert code == 0, err
+    assert f"taking over from process {first.pid}" in out, out
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "run/sft/train/metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == list(range(1, 41)), steps  # one run's log: no step written twice

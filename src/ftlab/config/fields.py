@@ -24,8 +24,13 @@ M = TypeVar("M", bound=BaseModel)
 def _resolve_data_file(value: Path, info: ValidationInfo) -> Path:
     """Resolve ``value`` against ``info.context["base_dir"]`` (else cwd); it must be a file."""
     base = Path((info.context or {}).get("base_dir") or Path.cwd())
-    resolved = (base / value.expanduser()).resolve()
-    if not resolved.is_file():
+    try:
+        resolved = (base / value.expanduser()).resolve()
+        is_file = resolved.is_file()
+    except (OSError, RuntimeError) as error:  # a symlink loop, a name too long, no access
+        raise ValueError(f"data file cannot be resolved: {base / value} "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    if not is_file:
         raise ValueError(f"data file not found: {resolved}")
     return resolved
 

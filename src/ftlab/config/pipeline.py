@@ -6,6 +6,7 @@ A new stage kind adds its section's module beside this one and one field to
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -41,6 +42,18 @@ def _known_stage_kind(kind: str) -> str:
     return kind
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def plain_name(name: str) -> str:
+    """Reject a stage name that is not a plain folder name: it names the stage's folder in
+    the run folder, so a separator, ``..`` or an absolute path would write outside it."""
+    if not PLAIN_NAME.fullmatch(name):
+        raise ValueError("a stage name becomes its folder in the run folder, so it must be a "
+                         "plain name (letters, digits, '.', '_', '-'; no '/', no leading '.')")
+    return name
+
+
 class StageConfig(Section):
     """One step of a pipeline; sections left out use their defaults."""
 
@@ -48,10 +61,11 @@ class StageConfig(Section):
         description="What the stage does: sft, dpo, grpo, merge, export or eval (or a kind registered "
         "with ftlab.pipeline.register_stage).",
     )
-    name: str | None = Field(
+    name: Annotated[str, AfterValidator(plain_name)] | None = Field(
         None,
         min_length=1,
-        description="Unique stage name, used for its folder in the run directory; defaults to `kind`.",
+        description="Unique stage name, used for its folder in the run directory; defaults to `kind`. "
+        "A plain folder name: letters, digits, '.', '_' and '-', not starting with '.'.",
     )
     backend: Literal["ftlab", "trl"] = Field(
         "ftlab",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from ftlab.config import PipelineConfig, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.hardware import threads_per_process
 from ftlab.paths import default_config
+from ftlab.pipeline.lock import run_folder_lock
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
                                    run_pipeline, to_run)
 from ftlab.train.distributed import joined
@@ -104,8 +106,10 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
             return launch(nproc, ["run", str(path), "--run-dir", str(config.run_dir),
                                   *(["--seed", str(seed)] if seed is not None else []),
                                   *([] if progress else ["--no-progress"])])
-        summary = run_pipeline(config, progress=progress and here.is_main, source=path,
-                               planned=planned, reuse=reuse, print_fn=say)
+        # one run per run folder: rank 0 holds the lock for all its processes
+        with run_folder_lock(Path(config.run_dir), say) if here.is_main else nullcontext():
+            summary = run_pipeline(config, progress=progress and here.is_main, source=path,
+                                   planned=planned, reuse=reuse, print_fn=say)
         say()
         say(summary["summary_table"])
         say()

@@ -38,6 +38,7 @@ from ftlab.errors import ConfigError, FtlabError
 from ftlab.files import file_manifest, manifest_problems, sha256_file
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     load_model_tokenizer, model_problem)
+from ftlab.pipeline.lock import run_folder_problem
 from ftlab.pipeline.measure import heldout_pairs, measure
 from ftlab.pipeline.registry import SECTIONS, Stage, stage_for
 from ftlab.train.distributed import broadcast, launched_world_size, on_main, ranks
@@ -99,6 +100,8 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
     processes = processes or launched_world_size()
     if check_model and (problem := model_problem(config.model.name_or_path)):
         problems.append((("model", "name_or_path"), f"model.name_or_path: {problem}"))
+    if problem := run_folder_problem(Path(config.run_dir)):
+        problems.append((("run_dir",), f"run_dir: {config.run_dir}: {problem}"))
     for index, stage_config in enumerate(config.stages):
         where = f"stages[{index}] ({stage_config.name})"
         try:
@@ -284,6 +287,8 @@ def stage_folder(folder: Path, stage_fingerprint: str, model: ModelRef, run_dir:
     stage's trainer resumes from its checkpoints; one from other settings or another input is
     emptied first. A non-empty folder ftlab did not write is refused.
     """
+    if not folder.resolve().is_relative_to(run_dir.resolve()):  # stage names are plain
+        raise ConfigError(f"{folder}: a stage folder must lie inside the run folder {run_dir}")
     marker = folder / STAGE_MARKER
     want = {"fingerprint": stage_fingerprint, "input": input_signature(model, run_dir)}
     if folder.exists() and any(folder.iterdir()):
