@@ -459,6 +459,13 @@ def test_grade_records_results_even_without_the_conftest_plugin(course, tmp_path
     assert grades["points"] == grades["max_points"] == 4
 
 
+def test_grade_says_which_milestone_it_grades_while_it_runs(course, tmp_path):
+    lines: list[str] = []
+    grade(course, tmp_path, print_fn=lines.append)
+    assert lines[0] == "grading m1_toy (1/2) ..." and lines[2] == "grading m2_toy (2/2) ..."
+    assert lines[1].startswith("  m1_toy: 2/2 tasks pass (") and len(lines) == 4, lines
+
+
 def test_grades_keep_the_likely_cause(course, tmp_path):
     path = course / "src/toy/stats.py"
     path.write_text(path.read_text().replace("for x in xs:", "for x in xs[1:]:"))

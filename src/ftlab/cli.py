@@ -107,7 +107,7 @@ def _cmd_course_release(args: argparse.Namespace) -> int:
 def _cmd_course_grade(args: argparse.Namespace) -> int:
     from ftlab.course.grade import grade, render_markdown
 
-    grades = grade(args.project, args.out)
+    grades = grade(args.project, args.out, print_fn=lambda line: print(line, flush=True))
     print(render_markdown(grades), end="")
     print(f"written: {(args.out or args.project) / 'grades.md'} and grades.json")
     return 0

@@ -13,12 +13,12 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ftlab.align.logprobs import response_logprobs
 from ftlab.align.loss import DPOOutput, dpo_loss
 from ftlab.data.collate import collate
 from ftlab.data.labels import IGNORE_INDEX
+from ftlab.progress import progress_bar
 from ftlab.train.distributed import all_sum, micro_steps, ranks
 from ftlab.train.step import Accumulated, count_targets
 
@@ -50,8 +50,8 @@ def pair_logprobs(model: nn.Module, pairs: list[dict], pad_id: int, batch_size: 
     model.eval()
     device = next(model.parameters()).device
     chosen, rejected = [], []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="pair log-probs",
-                      disable=not progress):
+    for start in progress_bar(range(0, len(pairs), batch_size), desc="pair log-probs",
+                              disable=not progress):
         batch = {k: v.to(device) for k, v in
                  collate_pairs(pairs[start:start + batch_size], pad_id).items()}
         c, r = response_logprobs(model, batch).double().cpu().chunk(2)

@@ -12,14 +12,21 @@ Failing tasks are the normal outcome of grading, not an error; only a run that b
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
+from ftlab.course.forkserver import ForkServer
 from ftlab.course.manifest import graded_tasks
-from ftlab.course.plugin import task_status
+from ftlab.course.plugin import by_task, task_status
 from ftlab.course.runner import run_suite
 from ftlab.course.tasks import milestone_of, sort_key
 from ftlab.errors import FtlabError
+from ftlab.hardware import threads_per_process
+
+NO_TESTS = 5
+"""pytest's exit status when a folder holds no test: nothing to grade there, not broken."""
 
 POINTS_PER_TASK = 1
 
@@ -96,19 +103,38 @@ def render_markdown(grades: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grade(project: Path, out: Path | None = None) -> dict:
-    """Grade the project at ``project``; write grades.md/.json into ``out`` (default: project)."""
+def grade(project: Path, out: Path | None = None,
+          print_fn: Callable[[str], None] | None = None) -> dict:
+    """Grade the project at ``project``; write grades.md/.json into ``out`` (default: project).
+
+    Milestones are graded one after another (each milestone folder its own pytest run,
+    forked from one :class:`ForkServer`, so libraries are imported once); ``print_fn`` hears
+    one line as each starts and one with its tasks passed when it ends."""
     project = project.resolve()
     if not (project / "milestones").is_dir():
         raise GradingError(f"{project}: no milestones/ folder; is this an ftlab project?")
     if out is not None and out.exists() and not out.is_dir():
         raise GradingError(f"{out}: exists and is not a folder")
     region_tasks = graded_tasks(project)
-    run = run_suite(project)
-    if run.broken:
-        tail = "\n".join(run.output.strip().splitlines()[-15:])
-        raise GradingError(f"pytest could not grade {project} ({run.broken}):\n{tail}")
-    grades = summarize(run.records, region_tasks)
+    folders = sorted(p.name for p in (project / "milestones").iterdir()
+                     if p.is_dir() and not p.name.startswith(("_", ".")))
+    say = print_fn or (lambda line: None)
+    records: list[dict] = []
+    with ForkServer(threads_per_process(1)) as server:
+        for n, folder in enumerate(folders, 1):
+            say(f"grading {folder} ({n}/{len(folders)}) ...")
+            began = time.perf_counter()
+            run = run_suite(project, [f"milestones/{folder}"], server=server)
+            if run.broken and run.exit_code != NO_TESTS:
+                tail = "\n".join(run.output.strip().splitlines()[-15:])
+                raise GradingError(f"pytest could not grade {project / 'milestones' / folder} "
+                                   f"({run.broken}):\n{tail}")
+            records += run.records
+            tasks = by_task(run.records)
+            passed = sum(task_status(rs)[0] == "pass" for rs in tasks.values())
+            say(f"  {folder}: {passed}/{len(tasks)} tasks pass "
+                f"({time.perf_counter() - began:.0f} s)")
+    grades = summarize(records, region_tasks)
     out = out or project
     out.mkdir(parents=True, exist_ok=True)
     (out / "grades.json").write_text(json.dumps(grades, indent=1) + "\n")

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from ftlab.course.forkserver import ForkServer
 from ftlab.course.path import PATH_FILE, load_path, traced_needs
@@ -39,6 +38,7 @@ from ftlab.course.runner import SuiteRun, run_suite
 from ftlab.course.tasks import mentioned_tasks, milestone_of
 from ftlab.course.wrong import WrongAnswer, load_catalogue, load_wrong_file
 from ftlab.hardware import threads_per_process
+from ftlab.progress import progress_bar
 
 LINKED = ("milestones", "data", "configs", "notebooks", "pyproject.toml")
 MIN_LEAK_CHARS = 12
@@ -169,7 +169,7 @@ def tests_of_tasks(records: list[dict]) -> dict[str, list[str]]:
 def _run_mutants(root: Path, mutants: list[Mutant], targets: dict[str, list[str]], jobs: int,
                  progress: bool) -> list[SuiteRun]:
     results: list[SuiteRun | None] = [None] * len(mutants)
-    bar = tqdm(total=len(mutants), desc="mutants", disable=not progress)
+    bar = progress_bar(total=len(mutants), desc="mutants", disable=not progress)
     threads = threads_per_process(jobs)  # the workers' suites run side by side
     with tempfile.TemporaryDirectory(prefix="ftlab-verify-") as tmp:
         def worker(k: int) -> None:

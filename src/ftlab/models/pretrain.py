@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 
 from ftlab.models.measure import corpus_loss
+from ftlab.progress import progress_bar
 
 
 class PretrainRecipe(BaseModel):
@@ -79,7 +79,7 @@ def pretrain(
     result = PretrainResult()
     order = torch.empty(0, dtype=torch.long)
     start = time.perf_counter()
-    bar = tqdm(range(1, recipe.steps + 1), desc="pretraining", disable=not progress)
+    bar = progress_bar(range(1, recipe.steps + 1), desc="pretraining", disable=not progress)
     for step in bar:
         if len(order) < recipe.batch_size:
             order = torch.randperm(len(train_blocks), generator=gen)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ftlab.align.objective import pair_logprobs
@@ -21,6 +20,7 @@ from ftlab.evaluate.tasks import evaluate_questions
 from ftlab.models.build import eval_items, question_items
 from ftlab.models.measure import cloze_correct, rates_by_kind
 from ftlab.paths import data_dir
+from ftlab.progress import progress_bar
 
 SAMPLE_KINDS = ("capital", "legs", "sum", "day_after")
 """Fact kinds whose first held-out question the report shows, with its reply, after every stage."""
@@ -53,7 +53,7 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     (answers, perplexity, cloze, preferences) with its ETA.
     """
     model.eval()
-    bar = tqdm(total=4, desc="measure", unit="part", disable=not progress)
+    bar = progress_bar(total=4, desc="measure", unit="part", disable=not progress)
     items = [item for name in config.sets for item in question_items(data_dir(), name)]
     result = evaluate_questions(model, tokenizer, items, config.max_new_tokens, config.batch_size)
     bar.update()

@@ -6,20 +6,27 @@ the preference records and tokenizes them itself (its completion also scores the
 chat template puts after ``<|im_end|>``; ours stops at the end-of-turn token the model
 generates — one token per reply). Both train a PEFT ``LoraConfig`` equal to the stage's
 ``lora`` section; the adapter is saved in PEFT format. TRL runs are not resumable mid-stage
-(a rerun of the stage starts over).
+(a rerun of the stage starts over). Their progress is ftlab's (a bar, or a few lines in a
+log) and the libraries' warnings are kept in ``<stage>/train/warnings.txt``, not printed.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from ftlab.config import DPOConfig, LoRAConfig, TrainConfig
+from ftlab.progress import progress_bar
 from ftlab.train.distributed import launched_world_size, ranks
 
 
@@ -79,7 +86,65 @@ def write_log(history: list[dict], folder: Path) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def _finish(trainer, folder: Path) -> dict[str, float]:
+class ProgressLine(TrainerCallback):
+    """Shows a transformers/TRL training as ftlab's own progress
+    (:func:`~ftlab.progress.progress_bar`: a bar, or a few lines in a log) with the loss and
+    learning rate as its postfix, instead of TRL's raw per-step dicts."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress, self.bar = progress, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        shown = self.progress and state.is_world_process_zero
+        self.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc="train",
+                                unit="step", disable=not shown)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        shown = {k: f"{logs[k]:.3g}" for k in ("loss", "learning_rate", "eval_loss")
+                 if isinstance((logs or {}).get(k), int | float)}
+        if shown and self.bar is not None:
+            self.bar.set_postfix(**shown)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+@contextmanager
+def library_warnings(folder: Path) -> Iterator[None]:
+    """Warnings transformers, TRL and PEFT raise while the block runs (deprecations,
+    notices) go to ``folder/train/warnings.txt``, one per line, each once, instead of the
+    console; their own loggers say only errors and ``datasets`` shows no bars."""
+    from transformers.utils import logging as hf_logging
+
+    from datasets.utils import logging as datasets_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), datasets_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    datasets_logging.disable_progress_bar()  # TRL's "Truncating train dataset" and the like
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                datasets_logging.enable_progress_bar()
+            if caught and ranks().is_main:
+                lines = dict.fromkeys(f"{w.category.__name__}: {w.message} "
+                                      f"({Path(w.filename).name}:{w.lineno})" for w in caught)
+                (folder / "train").mkdir(parents=True, exist_ok=True)
+                (folder / "train" / "warnings.txt").write_text("\n".join(lines) + "\n")
+
+
+def _finish(trainer, folder: Path, progress: bool) -> dict[str, float]:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for noisy in (PrinterCallback, ProgressCallback):  # TRL's raw dicts, tqdm's own bar
+        trainer.remove_callback(noisy)
+    trainer.add_callback(ProgressLine(progress))
     trainer.train()
     if ranks().is_main:  # under accelerate launch every process trains; rank 0 writes
         write_log(trainer.state.log_history, folder)
@@ -90,6 +155,17 @@ def _finish(trainer, folder: Path) -> dict[str, float]:
             **({"best_val_loss": min(evals)} if evals else {})}
 
 
+def _quiet(train_fn):
+    """Run a ``train_*`` function inside :func:`library_warnings` of its ``folder``."""
+    @functools.wraps(train_fn)
+    def run(*args, **kwargs):
+        folder = inspect.signature(train_fn).bind(*args, **kwargs).arguments["folder"]
+        with library_warnings(folder):
+            return train_fn(*args, **kwargs)
+    return run
+
+
+@_quiet
 def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
               validation: list[dict], config: TrainConfig, lora: LoRAConfig,
               targets: list[str], folder: Path, max_length: int, progress: bool
@@ -106,9 +182,10 @@ def train_sft(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[
                          eval_dataset=columns(validation) if validation else None,
                          processing_class=tokenizer,
                          peft_config=lora_config(lora, targets))
-    return _finish(trainer, folder)
+    return _finish(trainer, folder, progress)
 
 
+@_quiet
 def train_dpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
               validation: list[dict], config: TrainConfig, lora: LoRAConfig, dpo: DPOConfig,
               targets: list[str], folder: Path, max_length: int, progress: bool
@@ -129,7 +206,7 @@ def train_dpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[
                          eval_dataset=Dataset.from_list(validation) if validation else None,
                          processing_class=tokenizer,
                          peft_config=lora_config(lora, targets))
-    return _finish(trainer, folder)
+    return _finish(trainer, folder, progress)
 
 
 def _named(fn, name: str):
@@ -140,6 +217,7 @@ def _named(fn, name: str):
     return call
 
 
+@_quiet
 def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
                validation: list[dict], rewards: dict, config: TrainConfig, lora: LoRAConfig,
                grpo, targets: list[str], folder: Path, progress: bool) -> dict[str, float]:
@@ -175,7 +253,7 @@ def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list
     trainer = GRPOTrainer(model=model, reward_funcs=functions, args=args,
                           train_dataset=dataset(train), processing_class=tokenizer,
                           peft_config=lora_config(lora, targets))
-    figures = _finish(trainer, folder)
+    figures = _finish(trainer, folder, progress)
     if ranks().is_main:  # the sampled completions' mean reward per step, for the curves
         path = folder / "train" / "metrics.jsonl"
         reward = {e["step"]: e["reward"] for e in trainer.state.log_history if "reward" in e}

@@ -52,10 +52,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ftlab.config import TrainConfig
 from ftlab.errors import ConfigError, TrainingError
+from ftlab.progress import progress_bar
 from ftlab.quant.memory import rss_mb
 from ftlab.train.batching import BatchLoader, real_tokens
 from ftlab.train import distributed
@@ -334,7 +334,7 @@ class Trainer:
         compute_dtype = torch.bfloat16 if self.precision == "bfloat16" else self.params[0].dtype
         peak = matmul_peak_flops(self.device.type, compute_dtype)
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.counters["step"], desc="train",
+        bar = progress_bar(total=self.total_steps, initial=self.counters["step"], desc="train",
                    unit="step", disable=not self.progress)
         steps_logged = ([r for r in self.log.records() if r["kind"] == "step"]
                         if self.ranks.is_main else [])
