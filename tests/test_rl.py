@@ -291,6 +291,54 @@ def test_grpo_plan_refuses_bad_prompts_unknown_rewards_and_several_processes(tmp
         plan(load_config(_rl_config(tmp_path, good, iterations=2)))  # lora.dropout 0.05
 
 
+def test_grpo_plan_refuses_long_prompts_and_a_reversed_clip_range(tmp_path, capsys):
+    """Through `ftlab run --dry-run`: a question over grpo.max_prompt_length tokens is an
+    error with its file:line (or allowed, to be truncated, when the config says so); an
+    upper clip below the lower one is an error at its line."""
+    from ftlab.cli import main
+
+    long = "What is the capital of " + "very " * 700 + "France?"
+    prompts = _prompts(tmp_path, ['{"question": "What is the capital of France?", "id": "capital:France"}',
+                                  json.dumps({"question": long, "id": "capital:France"})])
+    config = _rl_config(tmp_path, prompts)
+    assert main(["run", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{prompts}:2: the question is " in err and "over grpo.max_prompt_length (512)" in err, err
+    assert f"{prompts}:1:" not in err and "Traceback" not in err
+    assert main(["run", str(_rl_config(tmp_path, prompts, long_prompts="truncate")), "--dry-run"]) == 0
+    capsys.readouterr()
+    config = _rl_config(tmp_path, prompts, long_prompts="truncate", epsilon=0.2, epsilon_high=0.1)
+    assert main(["run", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "grpo:" in text)
+    assert f"{config}:{line}: stages.1.grpo: " in err and "epsilon_high (0.1) is below epsilon" in err, err
+
+
+def test_repeated_prompts_are_counted_and_a_fact_never_straddles_the_split():
+    """The shipped prompt file repeats phrasings on purpose: 'drop' keeps one of each, 'keep'
+    keeps all, both count them; whatever the seed and fraction, no fact (and so no copy of
+    a question) is on both sides of the split, and the validation share is about as asked."""
+    from ftlab.rl.prompts import load_prompts, prepare_prompts, split_prompts
+    from ftlab.models import load_tokenizer
+
+    path = data_dir() / "rl/prompts.jsonl"
+    numbered = load_prompts(path, True)
+    tokenizer = load_tokenizer()
+    kept, counts = prepare_prompts(path, numbered, tokenizer, 512, "error", "keep")
+    dropped, again = prepare_prompts(path, numbered, tokenizer, 512, "error", "drop")
+    unique = {(r["question"], r["id"]) for _, r in numbered}
+    assert len(kept) == len(numbered) and len(dropped) == len(unique) < len(numbered)
+    assert counts["prompts/duplicates"] == again["prompts/duplicates"] == len(numbered) - len(unique)
+    for records in (kept, dropped):
+        for seed in range(4):
+            for fraction in (0.1, 0.25):
+                train, val = split_prompts(records, fraction, seed)
+                assert len(train) + len(val) == len(records) and train and val
+                assert not {r["id"] for r in train} & {r["id"] for r in val}
+                assert abs(len(val) - fraction * len(records)) <= 18  # a fact has <= 18 lines
+    assert split_prompts(records, 0.0, 0)[1] == []
+
+
 def test_grpo_stage_trains_reports_and_resumes_after_a_failing_reward(tmp_path):
     """A registered reward raises in the third round: the run stops with its name and the
     prompt, the checkpoint of step 2 stays; after the fix the stage resumes from it."""
@@ -321,6 +369,7 @@ def test_grpo_stage_trains_reports_and_resumes_after_a_failing_reward(tmp_path):
     said = []
     summary = run_pipeline(config, progress=False, print_fn=said.append)
     assert any("resuming from checkpoint" in line and "step 2" in line for line in said)
+    assert any("(a fact's prompts on one side)" in line for line in said), said
     result = summary["stages"]["grpo"]
     figures = result["metrics"]
     assert figures["steps"] == 4 and {"before/reward", "after/reward", "before/reward/correct",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from ftlab.config.fields import Section
 
@@ -35,6 +35,16 @@ def _known_rewards(weights: dict[str, float]) -> dict[str, float]:
 
 class GRPOConfig(Section):
     """Group relative policy optimisation with verifiable rewards (capstone, advanced track)."""
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> GRPOConfig:
+        """``epsilon_high`` below ``epsilon`` contradicts itself: the upper clip is the one
+        DAPO raises to let rare good tokens grow."""
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high ({self.epsilon_high}) is below epsilon ({self.epsilon}): "
+                             "the clip range above 1 is meant to be at least the one below (DAPO "
+                             "raises it to 0.28); leave it unset to use epsilon")
+        return self
 
     group_size: int = Field(
         8,
@@ -84,6 +94,23 @@ class GRPOConfig(Section):
         "group",
         description="What centred rewards are divided by: the group's std ('group'), the batch's, or "
         "nothing ('none', Dr. GRPO).",
+    )
+    max_prompt_length: int = Field(
+        512,
+        ge=1,
+        description="Longest question in tokens (TRL's max_prompt_length). A longer one is refused at "
+        "plan time with its file:line, or shortened, as long_prompts says.",
+    )
+    long_prompts: Literal["error", "truncate"] = Field(
+        "error",
+        description="What a question over max_prompt_length does: 'error' (plan-time error with "
+        "file:line) or 'truncate' (keep its last max_prompt_length tokens, as TRL does; counted).",
+    )
+    duplicate_prompts: Literal["drop", "keep"] = Field(
+        "drop",
+        description="Lines with the same question and id: 'drop' keeps the first (the others are "
+        "reported), 'keep' keeps them all as deliberate repeats that weigh a question more. Either way "
+        "a fact's prompts stay on one side of the train/validation split.",
     )
     rewards: Annotated[dict[str, float], AfterValidator(_known_rewards)] = Field(
         default_factory=lambda: {"correct": 1.0},

@@ -62,6 +62,12 @@ class Stage:
                             "sft, dpo or grpo stage with LoRA earlier")
         return problems
 
+    def check_inputs(self, tokenizer) -> list[str]:
+        """Problems only the run's tokenizer can see (a prompt longer than a limit in
+        tokens); empty when fine. Runs at plan time, after :meth:`check`, when the base
+        model is on this machine."""
+        return []
+
     def describe(self) -> str:
         """One line for the printed plan."""
         return self.kind

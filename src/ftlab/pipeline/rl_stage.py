@@ -22,7 +22,8 @@ from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stag
                                      target_names, train_ftlab, trainable_model, training_curves)
 from ftlab.rl import GRPOObjective, end_of_turn_ids, reward_functions
 from ftlab.rl.rewards import by_kind
-from ftlab.rl.prompts import MAX_LISTED, load_prompts, names_fact, prompt_problems, split_prompts
+from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompts, names_fact, prepare_prompts,
+                              prompt_problems, split_prompts)
 from ftlab.train.distributed import on_main
 
 SAMPLES = "samples.json"
@@ -83,6 +84,18 @@ class GRPOStage(_TrainingStage):
                             "first update is not on-policy; set lora.dropout: 0")
         return problems
 
+    def check_inputs(self, tokenizer) -> list[str]:
+        """Questions over ``grpo.max_prompt_length`` tokens, with file:line, unless the
+        config says to truncate them."""
+        data, grpo = self.config.data, _grpo(self.config)
+        if data is None or data.path is None or grpo.long_prompts != "error":
+            return []
+        records = prompt_problems(data.path, "correct" in grpo.rewards)[0]
+        over = long_prompts(data.path, records, tokenizer, grpo.max_prompt_length)
+        return [f"{data.path}:{line}: the question is {n} tokens, over grpo.max_prompt_length "
+                f"({grpo.max_prompt_length}); shorten it, raise the limit, or set "
+                "grpo.long_prompts: truncate" for line, n in over[:MAX_LISTED]]
+
     def describe(self) -> str:
         grpo = _grpo(self.config)
         weights = ", ".join(f"{n} x{w:g}" for n, w in grpo.rewards.items())
@@ -93,11 +106,18 @@ class GRPOStage(_TrainingStage):
         data_cfg, train = ctx.stage.data, stage_train_config(ctx.stage)
         lora, quant = self._lora_and_quant()
         grpo = _grpo(ctx.stage)
-        records = load_prompts(data_cfg.path, "correct" in grpo.rewards)
+        records, counts = prepare_prompts(
+            data_cfg.path, load_prompts(data_cfg.path, "correct" in grpo.rewards), ctx.tokenizer,
+            grpo.max_prompt_length, grpo.long_prompts, grpo.duplicate_prompts)
         train_records, val_records = split_prompts(records, data_cfg.validation_fraction,
                                                    data_cfg.seed)
+        repeats = counts["prompts/duplicates"]
+        fate = {"drop": "dropped", "keep": "kept"}[grpo.duplicate_prompts]
         ctx.log(f"  prompts: {len(train_records)} training, {len(val_records)} validation "
-                f"from {data_cfg.path.name}")
+                f"from {data_cfg.path.name} (a fact's prompts on one side)"
+                + (f"; {repeats} repeated lines {fate}" if repeats else "")
+                + (f"; {counts['prompts/truncated']} questions truncated to "
+                   f"{grpo.max_prompt_length} tokens" if counts["prompts/truncated"] else ""))
         rewards = reward_functions(grpo.rewards, end_of_turn_ids(ctx.tokenizer),
                                    all(names_fact(r) for r in records))
         keeper = _SampleKeeper(grpo.group_size)
@@ -126,7 +146,8 @@ class GRPOStage(_TrainingStage):
             (ctx.folder / SAMPLES).write_text(json.dumps(keeper.groups, indent=1) + "\n")
             rewards_figures = ({f"before/{k}": v for k, v in before.items()}
                                | {f"after/{k}": v for k, v in after.items()})
-            return _measured(ctx, new, figures | rewards_figures | {"prompts": len(train_records)},
+            return _measured(ctx, new, figures | rewards_figures
+                             | {"prompts": len(train_records), **counts},
                              training_curves(ctx.folder), {"adapter": str(ctx.folder / "adapter"),
                                                            "samples": str(ctx.folder / SAMPLES)})
         return on_main(measured)

@@ -96,7 +96,7 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
     Raises one :class:`ConfigError` listing every problem (``stages[i] (name): ...``),
     each prefixed ``<source>:<line>:`` when the config file ``source`` is given.
     """
-    planned, problems, has_adapter = [], [], False
+    planned, problems, has_adapter, tokenizer = [], [], False, None
     processes = processes or launched_world_size()
     if check_model and (problem := model_problem(config.model.name_or_path)):
         problems.append((("model", "name_or_path"), f"model.name_or_path: {problem}"))
@@ -111,6 +111,10 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
             continue
         problems += [(("stages", index, *_section_of(p)), f"{where}: {p}")
                      for p in stage.check(has_adapter)]
+        if check_model and not problems and type(stage).check_inputs is not Stage.check_inputs:
+            tokenizer = tokenizer or load_model_tokenizer(config.model)
+            problems += [(("stages", index, "data", "path"), f"{where}: {p}")
+                         for p in stage.check_inputs(tokenizer)]
         batch = (stage_config.train.batch_size if stage_config.train
                  else TrainConfig().batch_size) if stage.trains else None
         if batch is not None and batch % processes:
@@ -149,10 +153,13 @@ def chain(planned: list[PlannedStage], done: dict[str, StageRecord], start: Mode
     ``start``: the model the first stage receives. ``done``: records of stages completed in
     an earlier run, by name. A stage is *reused* (its recorded result taken, ``run`` not
     called) when it is in ``done`` with the same fingerprint and no earlier stage ran in
-    this call; otherwise ``run(stage, model)`` runs it — and once one stage has run, every
-    later stage must run too, since its input changed. ``record(stage, result)`` is called
-    right after each stage that ran, before the next one starts, so an interrupted run
-    resumes after the last completed stage. Returns every stage's result, in order.
+    this call; otherwise ``run(stage, model)`` runs it — a stage missing from ``done``
+    (new, or inserted into the plan) included — and once one stage has run, every later
+    stage must run too, since its input changed. ``record(stage, result)`` is called right
+    after each stage that ran (never for a reused one), before the next one starts, so an
+    interrupted run resumes after the last completed stage; an exception raised by ``run``
+    propagates to the caller. ``planned`` and ``done`` are only read, never modified (the
+    caller shows the plan from the same records). Returns every stage's result, in order.
     """
     ### BEGIN SOLUTION C.3
     results: list[StageResult] = []

@@ -35,10 +35,11 @@ def names_fact(record: dict) -> bool:
     return isinstance(record.get("id"), str) and record["id"] in _FACT_IDS
 
 
-def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]]:
-    """(records, problems) of a prompt file: every line that is not a JSON object with a
-    non-empty string ``question`` is a problem ``<file>:<line>: ...``; so is, when
-    ``needs_fact``, a record whose ``id`` names no fact of the embedded world."""
+def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(numbered records, problems) of a prompt file: ``(line, record)`` for every usable
+    line; every line that is not a JSON object with a non-empty string ``question`` is a
+    problem ``<file>:<line>: ...``; so is, when ``needs_fact``, a record whose ``id`` names
+    no fact of the embedded world."""
     records, problems = [], []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -62,29 +63,93 @@ def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[dict], list[str]
             problems.append(f"{where}: the 'correct' reward needs an 'id' naming a fact of the "
                             f"world (e.g. 'capital:France'), got {record.get('id')!r}")
             continue
-        records.append(record)
+        records.append((number, record))
     if not records and not problems:
         problems.append(f"{path}: no prompts")
     return records, problems
 
 
-def load_prompts(path: Path, needs_fact: bool) -> list[dict]:
-    """The records of a prompt file; :class:`ConfigError` listing its problems (the first
-    :data:`MAX_LISTED` with file:line, then how many more)."""
+def _listed(problems: list[str]) -> str:
+    more = len(problems) - MAX_LISTED
+    return "\n".join(problems[:MAX_LISTED] + ([f"... and {more} more"] if more > 0 else []))
+
+
+def load_prompts(path: Path, needs_fact: bool) -> list[tuple[int, dict]]:
+    """The numbered records of a prompt file; :class:`ConfigError` listing its problems (the
+    first :data:`MAX_LISTED` with file:line, then how many more)."""
     records, problems = prompt_problems(path, needs_fact)
     if problems:
-        more = len(problems) - MAX_LISTED
-        raise ConfigError("\n".join(problems[:MAX_LISTED]
-                                    + ([f"... and {more} more"] if more > 0 else [])))
+        raise ConfigError(_listed(problems))
     return records
+
+
+def duplicates(records: list[tuple[int, dict]]) -> list[tuple[int, int]]:
+    """``(line, line of its first copy)`` of every record whose question and id an earlier
+    line already has (exact text)."""
+    first: dict[tuple, int] = {}
+    found = []
+    for line, record in records:
+        key = (record["question"], str(record.get("id")))
+        if key in first:
+            found.append((line, first[key]))
+        first.setdefault(key, line)
+    return found
+
+
+def long_prompts(path: Path, records: list[tuple[int, dict]], tokenizer,
+                 limit: int) -> list[tuple[int, int]]:
+    """``(line, tokens)`` of every question longer than ``limit`` tokens of ``tokenizer``."""
+    lengths = [(line, len(tokenizer(record["question"], add_special_tokens=False).input_ids))
+               for line, record in records]
+    return [(line, n) for line, n in lengths if n > limit]
+
+
+def prepare_prompts(path: Path, records: list[tuple[int, dict]], tokenizer, limit: int,
+                    long: str, repeats: str) -> tuple[list[dict], dict[str, int]]:
+    """The records a stage trains on, and what was done to get them.
+
+    ``long``: ``error`` raises :class:`ConfigError` naming each question over ``limit``
+    tokens with its file:line; ``truncate`` keeps its last ``limit`` tokens (as TRL
+    truncates from the left). ``repeats``: ``drop`` keeps the first of lines with the same
+    question and id, ``keep`` keeps them all. Returns ``(records, counts)`` with counts
+    ``{"prompts/truncated", "prompts/duplicates"}`` (duplicates found, dropped or kept).
+    """
+    over = long_prompts(path, records, tokenizer, limit)
+    if over and long == "error":
+        raise ConfigError(_listed([
+            f"{path}:{line}: the question is {n} tokens, over grpo.max_prompt_length ({limit}); "
+            "shorten it, raise the limit, or set grpo.long_prompts: truncate" for line, n in over]))
+    cut = {line for line, _ in over}
+    repeated = duplicates(records)
+    dropped = {line for line, _ in repeated} if repeats == "drop" else set()
+    out = []
+    for line, record in records:
+        if line in dropped:
+            continue
+        if line in cut:
+            ids = tokenizer(record["question"], add_special_tokens=False).input_ids[-limit:]
+            record = {**record, "question": tokenizer.decode(ids)}
+        out.append(record)
+    return out, {"prompts/truncated": len(cut), "prompts/duplicates": len(repeated)}
 
 
 def split_prompts(records: list[dict], validation_fraction: float, seed: int
                   ) -> tuple[list[dict], list[dict]]:
-    """(train, validation): a seeded shuffle, the validation share taken from the front
-    (at least one prompt when the fraction is above 0 and there are two or more)."""
-    order = list(range(len(records)))
-    random.Random(f"prompts:{seed}").shuffle(order)
-    n_val = min(len(records) - 1, max(1, round(validation_fraction * len(records)))
-                ) if validation_fraction > 0 else 0
-    return [records[i] for i in order[n_val:]], [records[i] for i in order[:n_val]]
+    """(train, validation) with every prompt of one fact (one ``id``; a record without one
+    stands alone) on the same side, so no copy or rephrasing of a validation question is
+    trained on: a seeded shuffle of the facts, the validation share (of prompts, at least
+    one fact when the fraction is above 0 and there are two or more) taken from the front."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(str(record["id"]) if "id" in record else f"#{i}", []).append(i)
+    keys = list(groups)
+    random.Random(f"prompts:{seed}").shuffle(keys)
+    want = max(1, round(validation_fraction * len(records))) if validation_fraction > 0 else 0
+    val: list[int] = []
+    for key in keys[:-1]:  # the last fact always trains
+        if len(val) >= want:
+            break
+        val += groups[key]
+    chosen = set(val)
+    return ([records[i] for i in range(len(records)) if i not in chosen],
+            [records[i] for i in sorted(chosen)])
