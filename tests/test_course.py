@@ -509,3 +509,22 @@ def test_fork_server_children_run_with_the_threads_they_were_given(tmp_path):
         code = server.run(tmp_path, [], {"PATH": "/usr/bin:/bin"}, ["-q", "-p",
                           "no:cacheprovider", "test_threads.py"], tmp_path / "out.txt", 120)
     assert code == 0, (tmp_path / "out.txt").read_text()
+
+
+def test_a_setup_cell_that_goes_on_is_split_after_the_call():
+    """The Run All guard covers the cells after the one that set it up: the learner edition
+    moves the setup cell's own work into a cell of its own, outputs with it."""
+    from ftlab.course.release import split_after_setup
+
+    cell = {"cell_type": "code", "id": "a1", "metadata": {}, "outputs": [{"text": "x"}],
+            "execution_count": 3,
+            "source": ["%autoreload 2\n", "from m import setup_notebook\n",
+                       "setup_notebook()  # guard\n", "import torch\n", "data = load()\n"]}
+    first, second = split_after_setup(cell)
+    assert "".join(first["source"]).endswith("setup_notebook()  # guard\n")
+    assert first["outputs"] == [] and second["outputs"] == [{"text": "x"}]
+    assert second["source"] == ["import torch\n", "data = load()\n"] and second["id"] == "a1-after-setup"
+    alone = {**cell, "source": ["from m import setup_notebook\n", "setup_notebook()\n"]}
+    assert split_after_setup(alone) == [alone]
+    plain = {**cell, "source": ["x = 1\n"]}
+    assert split_after_setup(plain) == [plain]

@@ -37,17 +37,7 @@ def _learner_env(edition: Path) -> dict[str, str]:
 def test_run_all_of_notebook_01_reaches_the_end_with_no_task_done(edition):
     """Each cell that needs an unfinished task says so in one line; every check cell runs
     from notebooks/ and names the file to edit; nothing stops the notebook."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    path = edition / "notebooks/01_data_prep.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    os.environ["PYTHONPATH"] = str(edition / "src")  # the kernel inherits it
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        os.environ.pop("PYTHONPATH")
+    nb = _run_all(edition, "01_data_prep.ipynb")
     code = [c for c in nb.cells if c.cell_type == "code"]
     text = ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
             for c in code]
@@ -63,6 +53,61 @@ def test_run_all_of_notebook_01_reaches_the_end_with_no_task_done(edition):
         "(notebooks/01_data_prep.ipynb explains it)")
     table = checks['check("m1")']
     assert "m1        0/6 tasks   M1.1 not started" in table and len(table.splitlines()) == 7
+
+
+NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _run_all(edition: Path, name: str):
+    """Run All of a learner-edition notebook as a learner's kernel would (their own src);
+    returns the executed notebook (an error in any cell raises)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = edition / "notebooks" / name
+    nb = nbformat.read(path, as_version=4)
+    os.environ["PYTHONPATH"] = str(edition / "src")  # the kernel inherits it
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        os.environ.pop("PYTHONPATH")
+    return nb
+
+
+@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if not n.startswith("01_")])
+def test_run_all_of_every_notebook_reaches_the_end_with_no_task_done(edition, name):
+    """Every notebook of the untouched learner edition runs to its end: each cell that
+    needs an unfinished task (the first cell's work included) says so in one line."""
+    nb = _run_all(edition, name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors[0]
+    said = ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
+            for c in code]
+    skipped = [t for t in said if t.startswith("skipped: needs ")]
+    assert skipped and all(len(t.strip().splitlines()) == 1 for t in skipped), skipped
+
+
+def test_notebooks_name_only_files_the_learner_edition_ships(edition):
+    """A path a notebook's text or code names (``benchmarks/results/x.md``,
+    ``src/ftlab/train/distributed.py``) is in the learner edition; a file the run itself
+    writes (inside a run folder) is not named as a path of the project, and one the
+    notebook says the learner edition does not ship is allowed."""
+    import re
+
+    named = re.compile(r"(?<![\w./$-])((?:[\w-]+/)+[\w.-]+\.(?:md|py|json|jsonl|yaml|ipynb|csv|txt))\b")
+    missing = []
+    for notebook in sorted((edition / "notebooks").glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells)
+        for path in sorted(set(named.findall(text))):
+            made = path.startswith(("runs/", "rl/", "capstone/", "grpo/", "train/"))
+            bases = (edition, notebook.parent, edition / "data")  # data files: data_dir() / ...
+            said = "not ship" in text[text.index(path):text.index(path) + 120]  # says it is absent
+            if not (made or said) and not any((base / path).exists() for base in bases):
+                missing.append(f"{notebook.name}: {path}")
+    assert not missing, missing
 
 
 def test_milestone_checks_speak_briefly_on_an_untouched_learner_edition(edition):

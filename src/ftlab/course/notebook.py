@@ -12,8 +12,10 @@ Each notebook's first cell calls :func:`setup_notebook`; each exercise section e
 
 After :func:`setup_notebook`, a cell that stops on an unfinished task's stub (its
 ``NotImplementedError`` names the task) prints one line saying so instead of a traceback,
-and the notebook goes on; a later cell that needs a name such a cell would have made says
-which, in one line, too. Any other error stops the notebook as usual.
+and the notebook goes on; a later cell that needs a name such a cell would have made — or
+an object such a cell would have changed, having passed it to a function or called one of
+its methods (``inject_lora(model, ...)``) — says which, in one line, too, until a cell makes
+that name anew. Any other error stops the notebook as usual.
 """
 
 from __future__ import annotations
@@ -115,10 +117,59 @@ def _made_names(tree: ast.AST) -> set[str]:
     return names
 
 
-def unfinished(error: BaseException, names: list[str]) -> None:
+def _touched_names(tree: ast.AST) -> set[str]:
+    """Names of objects a cell may change in place: passed bare to a call, or the receiver
+    of a method call (``f(model)``, ``model.train()``)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            names.update(a.id for a in [*node.args, *(k.value for k in node.keywords)]
+                         if isinstance(a, ast.Name))
+            if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+                names.add(node.func.value.id)
+    return names
+
+
+def _loaded_names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+class _Changed(NameError):
+    """A cell needs an object a skipped cell would have changed."""
+
+
+def _needs(loaded: list[str]) -> None:
+    """Raise :class:`_Changed` when a name this cell reads stands for an object a skipped
+    cell would have made or changed (the cell would compute with a stale object)."""
+    for name in loaded:
+        if name in _skipped:
+            raise _Changed(f"name {name!r} is stale", name=name)
+
+
+def _changeable(name: str) -> bool:
+    """Whether the kernel's ``name`` is data a call could change (not a module, class or
+    function: ``plt.plot(...)`` changes no notebook state a later cell computes from)."""
+    import inspect
+
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    value = shell.user_ns.get(name) if shell is not None else None
+    return value is not None and not (inspect.ismodule(value) or inspect.isclass(value)
+                                      or callable(value) and not hasattr(value, "state_dict"))
+
+
+def _made(names: list[str]) -> None:
+    """A cell that ran made ``names`` anew: they are no longer stale."""
+    for name in names:
+        _skipped.pop(name, None)
+
+
+def unfinished(error: BaseException, names: list[str], touched: list[str] = ()) -> None:
     """Called by a guarded cell that raised ``error``: say in one line why the cell stopped
-    when an unfinished task (or a name such a cell would have made) is the reason, and
-    remember ``names`` (what the cell would have made) for later cells; re-raise otherwise."""
+    when an unfinished task (or a name such a cell would have made or changed) is the
+    reason, and remember ``names`` (what the cell would have made) and the changeable ones
+    of ``touched`` (what it would have changed) for later cells; re-raise otherwise."""
     if isinstance(error, NotImplementedError) and mentioned_tasks(str(error)):
         why = str(error).splitlines()[0]
         print(f"skipped: needs {why}")
@@ -127,7 +178,7 @@ def unfinished(error: BaseException, names: list[str]) -> None:
         print(f"skipped: needs `{error.name}` from a cell above that stopped ({why})")
     else:
         raise error
-    for name in names:
+    for name in [*names, *filter(_changeable, touched)]:
         _skipped.setdefault(name, why)
 
 
@@ -141,17 +192,19 @@ class _GuardCells(ast.NodeTransformer):
                            for s in body):
             return node
         names = sorted(_made_names(node))
+        touched = sorted(_touched_names(node) - set(names))
+        loaded = sorted(_loaded_names(node) - set(names))
         last = body[-1] if isinstance(body[-1], ast.Expr) else None
         guarded = body[:-1] if last else body
+        helpers = "__import__('ftlab.course.notebook', fromlist=['_'])"
         tree = ast.parse(
-            "try:\n    pass\n"
+            f"try:\n    {helpers}._needs({loaded!r})\n"
             "except (NotImplementedError, NameError) as __ftlab_error:\n"
-            f"    __import__('ftlab.course.notebook', fromlist=['_']).unfinished("
-            f"__ftlab_error, {names!r})\n"
+            f"    {helpers}.unfinished(__ftlab_error, {names!r}, {touched!r})\n"
             "    __ftlab_skip = True\n"
-            "else:\n    __ftlab_skip = False\n")
+            f"else:\n    __ftlab_skip = False\n    {helpers}._made({names!r})\n")
         guard = tree.body[0]
-        guard.body = guarded or [ast.Pass()]
+        guard.body = [guard.body[0], *guarded]
         out = [guard]
         if last is not None:  # shown only when the cell ran to it
             tail = ast.parse("None if __ftlab_skip else None").body[0]

@@ -114,18 +114,41 @@ def expected_output_cell(outputs: list[dict], key: str) -> dict | None:
     return cell
 
 
+SETUP_CALL = "setup_notebook()"
+"""The call that lets Run All go past unfinished tasks (:mod:`ftlab.course.notebook`)."""
+
+
+def split_after_setup(cell: dict) -> list[dict]:
+    """``cell`` as two cells when it calls :data:`SETUP_CALL` and goes on after it: the
+    guard guards the cells *after* the one that set it up, so work in the setup cell itself
+    (loading data that needs a task) would stop a learner's Run All with a traceback. The
+    second cell gets the lines after the call; the outputs stay with it."""
+    lines = source_text(cell["source"]).splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.split("#")[0].strip() == SETUP_CALL),
+              None)
+    rest = lines[at + 1:] if at is not None else []
+    if not "".join(rest).strip() or any(line.startswith((" ", "\t")) for line in rest[:1]):
+        return [cell]
+    first = {**cell, "source": lines[:at + 1], "outputs": [], "execution_count": None}
+    second = {**cell, "source": rest, **({"id": f"{cell['id']}-after-setup"} if "id" in cell else {})}
+    return [first, second]
+
+
 def _release_notebook(src: Path, dst: Path, regions: list[Region]) -> None:
     """Copy a notebook with solution regions stubbed and outputs cleared; each cleared
-    output is kept as an *Expected output* markdown cell right after its cell."""
+    output is kept as an *Expected output* markdown cell right after its cell. A cell that
+    sets up the Run All guard and goes on is split after the call (:func:`split_after_setup`)."""
     nb = json.loads(src.read_text(encoding="utf-8"))
     by_cell = defaultdict(list)
     for region in regions:
         by_cell[region.cell].append(region)
     cells = []
     for index, cell in enumerate(nb["cells"]):
-        cells.append(cell)
         if cell["cell_type"] != "code":
+            cells.append(cell)
             continue
+        *setup, cell = split_after_setup(cell) if index not in by_cell else [cell]
+        cells += [*setup, cell]
         expected = expected_output_cell(cell.get("outputs", []), f"cell{index}")
         if expected is not None and "id" in cell:
             expected["id"] = f"{cell['id']}-expected"
