@@ -43,6 +43,14 @@ def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> tuple[torch.Tens
     Odd n: the last byte has no element n for its low nibble. It holds 7, the code of NF4's
     exact zero level, as if the last block were padded with 0.0 and the padding quantized
     like any value (what bitsandbytes stores), so the last byte is ``code[n-1] << 4 | 7``.
+
+    Edge cases: ``weight`` may have any shape, be a non-contiguous view, be bfloat16 or
+    float16 (converted to float32 first: all the maths is float32) and require grad (it is
+    detached: the outputs carry no autograd history); it is never modified. Any even
+    ``block_size`` is honoured. Only the divisor is clamped to :data:`TINY`: an all-zero block
+    stores absmax 0 and codes 7, and a block of tiny values is scaled like any other. A value
+    exactly halfway between two levels gets the lower code (:func:`nearest_code`). Both
+    outputs are on ``weight``'s device.
     """
     if block_size < 2 or block_size % 2:
         raise ValueError(f"block_size must be an even number >= 2, got {block_size}")
@@ -62,7 +70,10 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int,
     """Inverse of :func:`quantize_nf4`: a tensor of ``shape`` and ``dtype``.
 
     Each code (high nibble first) is looked up in :func:`nf4_codebook` and multiplied by its
-    block's absmax in float32; the result is cast to ``dtype`` at the end.
+    block's absmax in float32; the result is cast to ``dtype`` at the end. So element ``i``
+    (row-major) is ``level[code i] * absmax[i // block_size]``, for any ``block_size`` and a
+    ``shape`` of any number of dimensions; for odd n the last byte's low nibble is ignored.
+    The inputs are not modified; the output is on ``packed``'s device.
     """
     n = math.prod(shape)
     ### BEGIN SOLUTION M3.3
@@ -83,6 +94,14 @@ def double_quantize(absmax: torch.Tensor, block_size: int = 256
     The centred values are then quantized blockwise like :func:`quantize_nf4` but with
     ``block_size`` 256 and the 8-bit :func:`dynamic_code`, one uint8 code per value (no
     packing). ``codes`` is uint8 (n,), ``scales`` float32 (ceil(n / block_size),).
+
+    Edge cases: n need not be a multiple of ``block_size`` (use ``block_size`` as given): the
+    *centred* values are zero-padded to whole blocks, and the padding's codes are dropped.
+    ``offset`` is the mean of the n values (not of any padding), a 0-d float32 tensor, never a
+    Python number. As in :func:`quantize_nf4`, each block is multiplied by
+    ``1 / max(scale, TINY)``: a block whose centred values are all 0 (equal absmax values) gets
+    scale 0 and the code of 0.0 (index 127). ``absmax`` is not modified; the outputs are on
+    its device.
     """
     ### BEGIN SOLUTION M3.4
     offset = absmax.mean()

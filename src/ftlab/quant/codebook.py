@@ -25,9 +25,10 @@ def nf4_codebook() -> torch.Tensor:
     Construction (QLoRA, Dettmers et al. 2023): 8 positive levels at the standard-normal
     quantiles ``ppf(p)`` for ``p`` = 9 float32 points evenly spaced from ``NF4_OFFSET`` down to
     0.5, dropping the last (0.5); 7 negative levels ``-ppf(p)`` for 8 such points dropping the
-    last; plus an exact 0. The quantiles are computed in float64 (``torch.special.ndtri``),
-    the 16 values are cast to float32, sorted, and divided by their maximum, so the table
-    runs from -1 to 1 with 0 at index 7. The asymmetry (8 positive, 7 negative) is what buys
+    last; plus an exact 0 (+0.0, not -0.0). The quantiles are computed in float64
+    (``torch.special.ndtri``), the 16 values are cast to float32, sorted, and divided by their
+    maximum in float32 (that order, or an ulp differs from bitsandbytes), so the table runs from
+    -1 to 1 with 0 at index 7. The asymmetry (8 positive, 7 negative) is what buys
     an exact zero with an even number of levels.
     """
     ### BEGIN SOLUTION M3.1

@@ -49,6 +49,12 @@ class NF4Linear(nn.Module):
 
         Keep nothing else: the float weight must not survive as a parameter or buffer (that
         is the memory QLoRA saves), and no parameter may be left trainable.
+
+        Exactly: the buffers ``quantize_weight(weight, block_size, double_quant).tensors()``
+        (this layer's ``block_size`` and ``double_quant``) under those names, persistent (in
+        the state dict), and ``bias``: a detached copy of ``linear.bias`` (same dtype, sharing
+        no memory with ``linear``, no autograd history), or None when ``linear`` has no bias.
+        The layer has no parameters at all, not even frozen ones.
         """
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features

@@ -29,7 +29,9 @@ def theoretical_bits_per_parameter(block_size: int = 64, double_quant: bool = Tr
     Without double quantization each absmax is float32; with it, each absmax is an 8-bit code
     and every ``absmax_block_size`` absmax codes share one float32 scale. (The single float32
     offset per tensor is negligible and not counted.) 64 / no double quant: 4.5 bits;
-    64 / 256 with double quant: 4.127 bits.
+    64 / 256 with double quant: 4.127 bits. Returns a float for any ``block_size`` and
+    ``absmax_block_size`` (which only matters with double quantization), e.g. 128 / no
+    double quant: 4.25 bits; 32 / 128 with double quant: 4 + 8/32 + 32/(32*128) bits.
     """
     ### BEGIN SOLUTION M3.6
     if not double_quant:
