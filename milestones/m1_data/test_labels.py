@@ -8,10 +8,12 @@ position, and names every mistake it saw.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 
 import pytest
+from tokenizers import processors
 
 from ftlab.course.teaching import expect, explained
 from ftlab.data.labels import IGNORE_INDEX, tokenize_with_labels
@@ -134,6 +136,11 @@ def _diagnose(ids, labels, want_ids, want_labels, tokenizer):
                   and want_ids[i] == eos]
     reply_masked = [(i, j) for i, j in pairs if labels[j] == IGNORE_INDEX and trained[i]
                     and want_ids[i] != eos]
+    if prompt_trained and all(want_ids[i] == eos for i, _ in prompt_trained):
+        causes.append(f"every <|im_end|> trained, also the {len(prompt_trained)} closing "
+                      "system and user turns: an end-of-turn token is a target only inside an "
+                      "assistant span (a token's id says nothing about whose turn it closes)")
+        prompt_trained = []
     if eos_masked:
         total = sum(t and want_ids[i] == eos for i, t in enumerate(trained))
         causes.append(f"EOS masked ({len(eos_masked)} of {total} end-of-turn tokens not "
@@ -259,3 +266,84 @@ def test_m1_3_truncation_keeps_the_response_and_its_eos(tokenizer):
     expect(len(labels) == 32 and labels[-1] == eos, task=TASK,
            what="a response longer than max_length", expected="32 tokens ending with a trained EOS",
            got=f"{len(labels)} tokens, last label {labels[-1] if labels else None}", cause=cause)
+
+
+def _truncation_cause(ids, labels, want_ids, max_length):
+    """Why a truncated window (the result is longer than ``max_length`` untruncated) is wrong."""
+    if len(ids) != max_length:
+        return (f"returned {len(ids)} tokens for max_length {max_length}: a conversation "
+                "longer than max_length keeps exactly max_length tokens")
+    if labels and labels[-1] == IGNORE_INDEX and any(t != IGNORE_INDEX for t in labels):
+        return ("the window ends after the last trained token (the untrained tokens after "
+                "the final <|im_end|> kept): end it with the last trained token")
+    if ids == want_ids[:len(ids)]:
+        return ("truncation dropped the response: it kept the start; keep the window that "
+                "ends with the last trained token, cutting the start of the prompt")
+    return "keep the max_length tokens that end with the last trained token (the final EOS)"
+
+
+@pytest.mark.parametrize("room", ["one-to-spare", "exactly", "one-short", "two-short",
+                                  "shorter-than-the-reply"])
+def test_m1_3_max_length_at_and_around_the_length(tokenizer, multi_turn, room):
+    want_ids, want_labels = _oracle(multi_turn, tokenizer)
+    full = len(want_ids)
+    end = max(i for i, lab in enumerate(want_labels) if lab != IGNORE_INDEX) + 1
+    max_length = {"one-to-spare": full + 1, "exactly": full, "one-short": full - 1,
+                  "two-short": full - 2, "shorter-than-the-reply": 5}[room]
+    what = f"a {full}-token conversation with max_length {max_length}"
+    given = copy.deepcopy(multi_turn)
+    ids, labels = _learner(given, tokenizer, max_length=max_length, what=what)
+    expect(given == multi_turn, task=TASK, what=f"the conversation after {what}",
+           expected=multi_turn, got=given,
+           cause="the conversation was modified: leave the caller's turns alone")
+    want = (want_ids, want_labels)
+    if full > max_length:  # here end >= max_length: the window [end - max_length, end)
+        want = (want_ids[end - max_length:end], want_labels[end - max_length:end])
+    expect((ids, labels) == want, task=TASK, what=what,
+           expected=f"{len(want[0])} tokens, {tokenizer.decode(want[0][:2])!r} ... "
+                    f"{tokenizer.decode(want[0][-2:])!r}",
+           got=f"{len(ids)} tokens, {tokenizer.decode(ids[:2])!r} ... "
+               f"{tokenizer.decode(ids[-2:])!r}",
+           cause=(ids, labels) != want and _window_cause(ids, labels, want_ids, multi_turn,
+                                                         tokenizer, max_length))
+
+
+def _window_cause(ids, labels, want_ids, conv, tokenizer, max_length):
+    """Why the learner's result for ``max_length`` is wrong: first any mistake it makes
+    without truncation, then the fits-or-truncate rule."""
+    cause = _untruncated_cause(*_learner(conv, tokenizer, max_length=4096), conv, tokenizer)
+    full = len(want_ids)
+    if cause:
+        return cause
+    if full <= max_length:
+        return (f"a conversation of {'exactly ' if full == max_length else ''}"
+                f"{'max_length' if full == max_length else 'fewer than max_length'} tokens "
+                "fits: keep every token; truncate only when len(input_ids) > max_length "
+                f"(here {full} tokens, max_length {max_length}, {len(ids)} kept)")
+    return _truncation_cause(ids, labels, want_ids, max_length)
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tokenizer):
+    """The embedded tokenizer, adding ``<|endoftext|>`` in front by default as Llama's adds
+    its BOS: ``tokenizer(text)`` gains a token, ``add_special_tokens=False`` does not."""
+    other = copy.deepcopy(tokenizer)
+    backend = other.backend_tokenizer
+    bos = ("<|endoftext|>", other.convert_tokens_to_ids("<|endoftext|>"))
+    add_bos = processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B",
+                                            special_tokens=[bos])
+    backend.post_processor = processors.Sequence([backend.post_processor, add_bos])
+    return other
+
+
+def test_m1_3_no_special_token_added_by_the_tokenizer(bos_tokenizer, multi_turn):
+    ids, labels = _learner(multi_turn, bos_tokenizer,
+                           what="tokens of a tokenizer that adds a BOS by default")
+    want_ids, want_labels = _oracle(multi_turn, bos_tokenizer)
+    cause = "; ".join(_diagnose(ids, labels, want_ids, want_labels, bos_tokenizer))
+    expect((ids, labels) == (want_ids, want_labels), task=TASK,
+           what="tokens and labels with a tokenizer that adds a BOS by default (as Llama's)",
+           expected=f"{len(want_ids)} tokens starting {bos_tokenizer.decode(want_ids[:2])!r}",
+           got=f"{len(ids)} tokens starting {bos_tokenizer.decode(ids[:2])!r}",
+           cause=cause or "tokenize with add_special_tokens=False: the rendered text already "
+                          "holds every special token")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -199,3 +200,97 @@ def test_m1_1_every_embedded_format_gives_the_same_conversations():
                got=f"{len(bad)} of {len(got)} differ"
                    + (f"; first: {got[bad[0]]} for {reference[bad[0]]}" if bad else ""),
                cause=cause)
+
+
+
+def _turns(*pairs):
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+_SPEC_RECORDS = {
+    "messages-multi-turn": ("messages", {"messages": [
+        {"role": "system", "content": " Be kind. "},
+        {"role": "user", "content": "  What is 2 plus 2?\n"},
+        {"role": "assistant", "content": "4. "},
+        {"role": "user", "content": "And 3 plus 3?"},
+        {"role": "assistant", "content": "\t6.\n"}]},
+        _turns(("system", " Be kind. "), ("user", "  What is 2 plus 2?\n"), ("assistant", "4. "),
+               ("user", "And 3 plus 3?"), ("assistant", "\t6.\n"))),
+    "sharegpt-multi-turn": ("sharegpt", {"conversations": [
+        {"from": "system", "value": "Be brief.\n"},
+        {"from": "human", "value": " Hi?"},
+        {"from": "gpt", "value": "Hello. "},
+        {"from": "human", "value": "Bye?\n"},
+        {"from": "gpt", "value": " Bye."}]},
+        _turns(("system", "Be brief.\n"), ("user", " Hi?"), ("assistant", "Hello. "),
+               ("user", "Bye?\n"), ("assistant", " Bye."))),
+    "sharegpt-user-assistant-spelling": ("sharegpt", {"conversations": [
+        {"from": "user", "value": "Hi?"},
+        {"from": "assistant", "value": "Hello."},
+        {"from": "human", "value": "Bye?"},
+        {"from": "gpt", "value": "Bye."}]},
+        _turns(("user", "Hi?"), ("assistant", "Hello."), ("user", "Bye?"), ("assistant", "Bye."))),
+    "alpaca-every-field": ("alpaca", {"system": "Be brief.\n", "instruction": " Add these:\n",
+                                      "input": "2 3 ", "output": " 5\n"},
+                           _turns(("system", "Be brief.\n"), ("user", " Add these:\n\n\n2 3 "),
+                                  ("assistant", " 5\n"))),
+    "alpaca-input-None-no-system": ("alpaca", {"instruction": "Name a colour. ", "input": None,
+                                               "output": "\nRed."},
+                                    _turns(("user", "Name a colour. "), ("assistant", "\nRed."))),
+    "prompt_completion": ("prompt_completion", {"prompt": " Hi?\n", "completion": "Hello. "},
+                          _turns(("user", " Hi?\n"), ("assistant", "Hello. "))),
+    "question_answer": ("question_answer", {"question": "\tHi? ", "answer": " Hello.\n"},
+                        _turns(("user", "\tHi? "), ("assistant", " Hello.\n"))),
+}
+"""Records with edge white space in every field, multi-turn and every speaker spelling ->
+the conversation the docstring gives for each."""
+
+def _shape_causes(got, want, fmt):
+    """What is wrong with the learner's conversation ``got`` (``want`` is the spec's)."""
+    if not isinstance(got, list) or not all(isinstance(m, dict) for m in got):
+        return ["return a list of {role, content} dicts"]
+    if any(set(m) != {"role", "content"} for m in got):
+        return ["each turn is a dict with exactly the keys role and content"]
+    roles, want_roles = [m["role"] for m in got], [m["role"] for m in want]
+    contents, want_contents = [m["content"] for m in got], [m["content"] for m in want]
+    if len(got) != len(want):
+        return [f"every turn, in order: this {fmt} record holds {len(want)} turns, so its "
+                f"conversation has {len(want)}, not {len(got)} (a multi-turn record keeps "
+                "every exchange)"]
+    causes = []
+    if roles != want_roles:
+        causes.append("roles not mapped through SHAREGPT_ROLES (human and user -> user, gpt "
+                      "and assistant -> assistant, system -> system)" if fmt == "sharegpt"
+                      else f"roles {roles}, expected {want_roles}")
+    if contents != want_contents:
+        if [c.split() for c in contents] == [c.split() for c in want_contents]:
+            causes.append("contents stripped: every kept content is copied verbatim, edge "
+                          "spaces and newlines included (strip only to test for blank)")
+        else:
+            causes.append("turn contents changed or out of order: copy every turn, in order")
+    return causes
+
+
+@pytest.mark.parametrize("case", list(_SPEC_RECORDS))
+def test_m1_1_every_format_follows_the_spec(case):
+    fmt, record, want = _SPEC_RECORDS[case]
+    before = copy.deepcopy(record)
+    what = f"{case} record"
+    with explained(task=TASK, what=what, expected="a list of {role, content} dicts",
+                   cause="map sharegpt speakers through SHAREGPT_ROLES (it has both 'human' "
+                         "and 'user', 'gpt' and 'assistant')" if fmt == "sharegpt" else
+                         "read optional alpaca fields with record.get: they may be missing "
+                         "or None"):
+        got = to_conversation(record, fmt)
+    expect(record == before, task=TASK, what=f"the {case} record after conversion",
+           expected=before, got=record,
+           cause="the record was modified: read its fields, change nothing in it (no "
+                 "setdefault, no assignment, no pop); build a new conversation")
+    expect(got == want, task=TASK, what=what, expected=want, got=got,
+           cause="; ".join(_shape_causes(got, want, fmt)) or "follow the docstring")
+    for turn in got:
+        turn["content"] += " (edited)"
+    expect(record == before, task=TASK, what=f"the {case} record after editing the returned "
+           "conversation", expected=before, got=record,
+           cause="the returned turns are the record's own dicts, so the record was modified "
+                 "through them: build new {role, content} dicts")

@@ -151,4 +151,235 @@ return train, validation
                       ('"labels": [], "attention_mask": []}', '"labels": []}'),
                       ('batch["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)',
                        "pass"))),
+    # Round 3 (issue #30): properties of the spec over its input domain.
+    WrongAnswer(
+        task="M1.1", label="messages contents stripped", message_contains=("verbatim",),
+        code=variant(ROOT, "M1.1", '{"role": m["role"], "content": m["content"]}',
+                     '{"role": m["role"], "content": m["content"].strip()}')),
+    WrongAnswer(
+        task="M1.1", label="alpaca instruction stripped", message_contains=("verbatim",),
+        code=variant(ROOT, "M1.1", 'user, extra = record["instruction"], record.get("input")',
+                     'user, extra = record["instruction"].strip(), record.get("input")')),
+    WrongAnswer(
+        task="M1.1", label="sharegpt speakers mapped by a hand-written dict (no user/assistant)",
+        message_contains=("SHAREGPT_ROLES",),
+        code=variant(ROOT, "M1.1", 'SHAREGPT_ROLES[t["from"]]',
+                     '{"human": "user", "gpt": "assistant", "system": "system"}[t["from"]]')),
+    WrongAnswer(
+        task="M1.1", label="multi-turn messages keep the system and the last exchange only",
+        message_contains=("every turn", "multi-turn"),
+        code=variant(ROOT, "M1.1",
+                     'for m in record["messages"]]',
+                     'for m in (record["messages"][:1] + record["messages"][-2:]'
+                     ' if record["messages"][0]["role"] == "system"'
+                     ' else record["messages"][-2:])]')),
+    WrongAnswer(
+        task="M1.1", label="alpaca record modified (blank input written back)",
+        message_contains=("record was modified",),
+        code=variant(ROOT, "M1.1", 'user, extra = record["instruction"], record.get("input") or ""',
+                     'record["input"] = record.get("input") or ""\n'
+                     '    user, extra = record["instruction"], record["input"]')),
+    WrongAnswer(
+        task="M1.1", label="messages: the record's own turn dicts returned",
+        message_contains=("own dicts",),
+        code=variant(ROOT, "M1.1",
+                     'return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]',
+                     'return [m if set(m) == {"role", "content"} else {"role": m["role"], '
+                     '"content": m["content"]} for m in record["messages"]]')),
+    WrongAnswer(
+        task="M1.2", label="generation prompt drops every assistant turn",
+        message_contains=("earlier assistant turns dropped",),
+        code=variant(ROOT, "M1.2",
+                     'turns = conversation[:-1] if conversation[-1]["role"] == "assistant" '
+                     'else conversation',
+                     'turns = [m for m in conversation if m["role"] != "assistant"]')),
+    WrongAnswer(
+        task="M1.2", label="generation prompt drops the last turn whatever its role",
+        message_contains=("only a final assistant turn is dropped",),
+        code=variant(ROOT, "M1.2",
+                     'turns = conversation[:-1] if conversation[-1]["role"] == "assistant" '
+                     'else conversation',
+                     'turns = conversation[:-1] if len(conversation) > 1 else conversation')),
+    WrongAnswer(
+        task="M1.2", label="the caller's conversation modified (final answer popped)",
+        message_contains=("conversation was modified",),
+        code=variant(ROOT, "M1.2",
+                     'turns = conversation[:-1] if conversation[-1]["role"] == "assistant" '
+                     'else conversation',
+                     'if conversation[-1]["role"] == "assistant":\n'
+                     '    conversation.pop()\n'
+                     'turns = conversation')),
+    WrongAnswer(
+        task="M1.2", label="generation prompt hard-coded as ChatML",
+        message_contains=("template's generation prompt", "not from a string appended by hand"),
+        code=variant(ROOT, "M1.2",
+                     "return tokenizer.apply_chat_template(turns, tokenize=False, "
+                     "add_generation_prompt=True)",
+                     'return tokenizer.apply_chat_template(turns, tokenize=False) '
+                     '+ "<|im_start|>assistant\\n"')),
+    WrongAnswer(
+        task="M1.2", label="training text with a generation prompt appended",
+        message_contains=("generation prompt appended to the training text",),
+        code=variant(ROOT, "M1.2",
+                     "return tokenizer.apply_chat_template(conversation, tokenize=False)",
+                     "return tokenizer.apply_chat_template(conversation, tokenize=False, "
+                     "add_generation_prompt=True)")),
+    WrongAnswer(
+        task="M1.3", label="a conversation exactly max_length long is truncated",
+        message_contains=("exactly max_length tokens fits",),
+        code=variant(ROOT, "M1.3", "if len(ids) <= max_length:", "if len(ids) < max_length:")),
+    WrongAnswer(
+        task="M1.3", label="every EOS id trained (also those closing system and user turns)",
+        message_contains=("every <|im_end|> trained",),
+        code=variant(ROOT, "M1.3",
+                     "tok if any(s <= a and b <= e for s, e in spans) else IGNORE_INDEX",
+                     "tok if any(s <= a and b <= e for s, e in spans) "
+                     "or tok == tokenizer.eos_token_id else IGNORE_INDEX")),
+    WrongAnswer(
+        task="M1.3", label="the tokenizer's own BOS added (add_special_tokens left at its default)",
+        message_contains=("BOS", "add_special_tokens=False"),
+        code=variant(ROOT, "M1.3", "tokenizer(text, add_special_tokens=False, "
+                                   "return_offsets_mapping=True)",
+                     "tokenizer(text, return_offsets_mapping=True)")),
+    WrongAnswer(
+        task="M1.3", label="truncation keeps the last max_length tokens (trailing newline too)",
+        message_contains=("end it with the last trained token",),
+        code=variant(ROOT, "M1.3", "start = max(0, end - max_length)",
+                     "start, end = len(ids) - max_length, len(ids)")),
+    WrongAnswer(
+        task="M1.3", label="EOS of the final assistant turn only",
+        message_contains=("EOS masked", "1 of 2"),
+        code=variant(ROOT, "M1.3", "spans = assistant_spans(conversation, tokenizer)",
+                     "spans = [(s, e - len(tokenizer.eos_token))"
+                     " for s, e in assistant_spans(conversation, tokenizer)]\n"
+                     "spans[-1] = (spans[-1][0], spans[-1][1] + len(tokenizer.eos_token))")),
+    WrongAnswer(
+        task="M1.4", label="dedupe on the response only",
+        message_contains=("duplicates only when every turn matches",),
+        code=variant(ROOT, "M1.4", "key = dedupe_key(conv)",
+                     'key = normalize_text(conv[-1]["content"])')),
+    WrongAnswer(
+        task="M1.4", label="dedupe on the last exchange (system message ignored)",
+        message_contains=("system included",),
+        code=variant(ROOT, "M1.4", "key = dedupe_key(conv)", "key = dedupe_key(conv[-2:])")),
+    WrongAnswer(
+        task="M1.4", label="dedupe with lower() instead of casefold()",
+        message_contains=("casefold",),
+        code=variant(ROOT, "M1.4", "key = dedupe_key(conv)",
+                     'key = tuple((m["role"], " ".join(m["content"].lower().split()))'
+                     " for m in conv)")),
+    WrongAnswer(
+        task="M1.4", label="short response measured before stripping",
+        message_contains=("measured after stripping",),
+        code=variant(ROOT, "M1.4", "elif len(response) < min_response_chars",
+                     'elif len(conv[-1]["content"]) < min_response_chars')),
+    WrongAnswer(
+        task="M1.4", label="a response exactly min_response_chars long is short (<=)",
+        message_contains=("exactly min_response_chars",),
+        code=variant(ROOT, "M1.4", "elif len(response) < min_response_chars",
+                     "elif len(response) <= min_response_chars")),
+    WrongAnswer(
+        task="M1.4", label="a total exactly max_chars long is too long (>=)",
+        message_contains=("exactly max_chars is kept",),
+        code=variant(ROOT, "M1.4", 'sum(len(m["content"]) for m in conv) > max_chars',
+                     'sum(len(m["content"]) for m in conv) >= max_chars')),
+    WrongAnswer(
+        task="M1.4", label="too_long on the response alone",
+        message_contains=("all contents together",),
+        code=variant(ROOT, "M1.4", 'sum(len(m["content"]) for m in conv) > max_chars',
+                     'len(conv[-1]["content"]) > max_chars')),
+    WrongAnswer(
+        task="M1.4", label="max_chars=0 taken as no limit (truthiness)",
+        message_contains=("max_chars=0 is a limit",),
+        code=variant(ROOT, "M1.4", "max_chars is not None and", "max_chars and")),
+    WrongAnswer(
+        task="M1.4", label="a dropped conversation makes its later copy a duplicate",
+        message_contains=("earlier *kept* conversation",),
+        code=variants("M1.4", ("key = dedupe_key(conv)",
+                               "key = dedupe_key(conv)\n    dup = key in seen\n    seen.add(key)"),
+                      ("elif key in seen:", "elif dup:"))),
+    WrongAnswer(
+        task="M1.4", label="duplicates checked before the other reasons",
+        message_contains=("REASONS order",),
+        code=variant(ROOT, "M1.4", "if not response:",
+                     'if key in seen:\n        reason = "duplicate"\n    elif not response:')),
+    WrongAnswer(
+        task="M1.4", label="the first assistant turn judged, not the last",
+        message_contains=("conversation[-1]",),
+        code=variant(ROOT, "M1.4", 'response = conv[-1]["content"].strip()',
+                     'response = next(m for m in conv if m["role"] == "assistant")'
+                     '["content"].strip()')),
+    WrongAnswer(
+        task="M1.4", label="the input list filtered in place",
+        message_contains=("input list was modified",),
+        code=variants("M1.4", ("for conv in conversations:", "for conv in list(conversations):"),
+                      ("report.dropped[reason] += 1",
+                       "report.dropped[reason] += 1\n    conversations.remove(conv)"))),
+    WrongAnswer(
+        task="M1.5", label="validation budget truncated with int()",
+        message_contains=("Python's round",),
+        code=variant(ROOT, "M1.5", "budget = round(validation_fraction * len(conversations))",
+                     "budget = int(validation_fraction * len(conversations))")),
+    WrongAnswer(
+        task="M1.5", label="validation budget rounded half up (int(x + 0.5))",
+        message_contains=("Python's round", "2.5 -> 2"),
+        code=variant(ROOT, "M1.5", "budget = round(validation_fraction * len(conversations))",
+                     "budget = int(validation_fraction * len(conversations) + 0.5)")),
+    WrongAnswer(
+        task="M1.5", label="at least one validation conversation",
+        message_contains=("minimum of one",),
+        code=variant(ROOT, "M1.5", "budget = round(validation_fraction * len(conversations))",
+                     "budget = max(1, round(validation_fraction * len(conversations)))")),
+    WrongAnswer(
+        task="M1.5", label="validation budget counted in groups",
+        message_contains=("counts conversations (not groups)",),
+        code=variant(ROOT, "M1.5", "budget = round(validation_fraction * len(conversations))",
+                     "budget = round(validation_fraction * len(groups))")),
+    WrongAnswer(
+        task="M1.5", label="grouped by the last user turn (system and earlier turns ignored)",
+        message_contains=("group by prompt_key",),
+        code=variant(ROOT, "M1.5", "groups.setdefault(prompt_key(conv), [])",
+                     'groups.setdefault(normalize_text(conv[-2]["content"]), [])')),
+    WrongAnswer(
+        task="M1.6", label="attention mask from input_ids != pad_id (pad == eos)",
+        message_contains=("input_ids != pad_id", "pad == eos"),
+        code=variant(ROOT, "M1.6", '[1] * len(e["input_ids"]) + [0] * pad',
+                     '[int(t != pad_id) for t in e["input_ids"]] + [0] * pad')),
+    WrongAnswer(
+        task="M1.6", label="labels padded with pad_id, then every pad_id label masked",
+        message_contains=("labels masked by value",),
+        code=variants("M1.6", ('e["labels"] + [IGNORE_INDEX] * pad', 'e["labels"] + [pad_id] * pad'),
+                      ("return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}",
+                       "out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}\n"
+                       'out["labels"][out["labels"] == pad_id] = IGNORE_INDEX\n'
+                       "return out"))),
+    WrongAnswer(
+        task="M1.6", label="examples padded in place with +=",
+        message_contains=("examples were modified",),
+        code=variants("M1.6",
+                      ('pad = width - len(e["input_ids"])',
+                       'pad = width - len(e["input_ids"])\n    n = len(e["input_ids"])\n'
+                       '    e["input_ids"] += [pad_id] * pad\n'
+                       '    e["labels"] += [IGNORE_INDEX] * pad'),
+                      ('batch["input_ids"].append(e["input_ids"] + [pad_id] * pad)',
+                       'batch["input_ids"].append(e["input_ids"])'),
+                      ('batch["labels"].append(e["labels"] + [IGNORE_INDEX] * pad)',
+                       'batch["labels"].append(e["labels"])'),
+                      ('[1] * len(e["input_ids"]) + [0] * pad', '[1] * n + [0] * pad'))),
+    WrongAnswer(
+        task="M1.6", label="attention mask from the labels (prompt tokens not attended)",
+        message_contains=("attention mask taken from the labels",),
+        code=variant(ROOT, "M1.6", '[1] * len(e["input_ids"]) + [0] * pad',
+                     '[int(t != IGNORE_INDEX) for t in e["labels"]] + [0] * pad')),
+    WrongAnswer(
+        task="M1.6", label="pad_sequence without batch_first (sequence-first tensors)",
+        message_contains=("batch first",),
+        code="""
+from torch.nn.utils.rnn import pad_sequence
+ids = pad_sequence([torch.tensor(e["input_ids"]) for e in examples], padding_value=pad_id)
+labels = pad_sequence([torch.tensor(e["labels"]) for e in examples],
+                      padding_value=IGNORE_INDEX)
+mask = pad_sequence([torch.ones(len(e["input_ids"]), dtype=torch.long) for e in examples])
+return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+"""),
 ]

@@ -14,9 +14,14 @@ def render(conversation: list[dict], tokenizer: PreTrainedTokenizerBase,
     ``tokenizer.apply_chat_template(conversation, tokenize=False)``.
 
     ``generation_prompt=True`` (the text a model continues to answer): every turn except a
-    final assistant turn, followed by the template's generation prompt (for ChatML,
-    ``<|im_start|>assistant\\n``). A conversation not ending with an assistant turn is
+    final assistant turn (earlier assistant turns stay), followed by the template's own
+    generation prompt, ``add_generation_prompt=True`` (for ChatML
+    ``<|im_start|>assistant\\n``; other templates have others, so never append it by
+    hand). A conversation not ending with an assistant turn (a final user question) is
     rendered whole before the generation prompt.
+
+    Returns a ``str``. ``conversation`` is not modified (take ``conversation[:-1]``, a new
+    list; do not ``pop()``).
     """
     ### BEGIN SOLUTION M1.2
     if not generation_prompt:

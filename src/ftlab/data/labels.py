@@ -38,11 +38,15 @@ def tokenize_with_labels(conversation: list[dict], tokenizer: PreTrainedTokenize
 
     Tokenize the rendered text once without adding special tokens, with offsets
     (``return_offsets_mapping=True``); a token is trained when its character range lies
-    inside a span. Add no token of your own (no BOS, no extra EOS): the rendered text already
-    holds every special token, and each turn's end-of-turn is trained once. When it fits,
-    keep every token; when too long, keep the ``max_length`` tokens that end with the last
-    trained token (the final end-of-turn): the start of the prompt is cut, never the end of
-    the response, and a response longer than ``max_length`` keeps its tail and its EOS.
+    inside a span. Add no token of your own (no BOS, no extra EOS) and let the tokenizer add
+    none either, even one that adds a BOS by default (as Llama's does): the rendered text
+    already holds every special token, and each turn's end-of-turn is trained once; an
+    end-of-turn that closes a system or user turn is not trained. When it fits
+    (``len(input_ids) <= max_length``: exactly ``max_length`` tokens fit), keep every token;
+    when too long, keep exactly the ``max_length`` tokens that end with the last trained
+    token (the final end-of-turn): the start of the prompt is cut, never the end of the
+    response, and a response longer than ``max_length`` keeps its tail and its EOS.
+    ``conversation`` is not modified.
     """
     ### BEGIN SOLUTION M1.3
     text = render(conversation, tokenizer)

@@ -21,12 +21,15 @@ def to_conversation(record: dict, fmt: str) -> list[dict]:
       ``system`` is absent, as if the field were not there;
     * prompt_completion: user = ``prompt``, assistant = ``completion``;
     * question_answer: user = ``question``, assistant = ``answer``;
-    * messages: every turn, in order, system turns included;
-    * sharegpt: every turn, ``from`` mapped through ``SHAREGPT_ROLES`` (human -> user,
-      gpt -> assistant, system -> system), ``value`` as content.
+    * messages: every turn, in order, system turns included (a multi-turn record keeps
+      every exchange);
+    * sharegpt: every turn, in order, ``from`` mapped through ``SHAREGPT_ROLES`` (human or
+      user -> user, gpt or assistant -> assistant, system -> system), ``value`` as content.
 
-    Contents that are kept are copied verbatim (no stripping: an ``input`` of ``" 2 3\\n"``
-    is appended as it is). The record is not modified.
+    Contents that are kept are copied verbatim in every format (no stripping: an ``input``
+    of ``" 2 3\\n"`` is appended as it is, a reply ``" 5\\n"`` stays ``" 5\\n"``). The record
+    is not modified, neither by the call nor through the result: the returned dicts are new
+    ones, so editing them leaves the record alone.
     """
     ### BEGIN SOLUTION M1.1
     if fmt == "messages":

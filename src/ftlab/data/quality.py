@@ -38,12 +38,18 @@ def quality_filter(conversations: list[dict], *, min_response_chars: int = 1,
     """Keep the conversations worth training on, in input order.
 
     Checks, in :data:`REASONS` order, the first failing one naming the reason counted in
-    the report: ``empty_response`` — the last (assistant) turn is empty or white space;
-    ``short_response`` — it has fewer than ``min_response_chars`` characters after
-    stripping; ``too_long`` — all contents together exceed ``max_chars`` characters (no
-    limit when None); ``duplicate`` — an earlier kept conversation has the same
-    :func:`dedupe_key` (so copies differing only in case or white space are duplicates; the
-    first is kept). ``report.total == report.kept + sum(report.dropped.values())``.
+    the report (one reason per dropped conversation): ``empty_response`` — the last
+    (assistant) turn, ``conversation[-1]``, is empty or white space; ``short_response`` —
+    it has fewer than ``min_response_chars`` characters after stripping (exactly
+    ``min_response_chars`` is kept); ``too_long`` — all contents together (system, user and
+    assistant, counted as they are, white space included) exceed ``max_chars`` characters
+    (exactly ``max_chars`` is kept; ``0`` is a limit too; no limit only when None);
+    ``duplicate`` — an earlier *kept* conversation has the same :func:`dedupe_key`, i.e.
+    every turn's role and normalized content match (so copies differing only in case or
+    white space are duplicates and the first is kept; the same prompt with another answer
+    is not a duplicate; a conversation dropped for another reason does not count).
+    ``report.total == report.kept + sum(report.dropped.values())``. Returns a new list;
+    ``conversations`` is not modified. No conversations: ``([], report)`` with total 0.
     """
     ### BEGIN SOLUTION M1.4
     report = FilterReport(total=len(conversations))

@@ -32,6 +32,11 @@ def train_val_split(conversations: list[list[dict]], validation_fraction: float,
     nor on the Python process (the built-in ``hash()`` of a string changes with
     ``PYTHONHASHSEED``, sha256 does not); and duplicates or same-prompt groups never
     straddle it.
+
+    The budget counts conversations, not groups, and uses Python's ``round`` (half to even:
+    ``round(2.5) == 2``, ``round(6.6) == 7``): no ``int()``, ceiling or minimum of one, so a
+    fraction of 0 gives an empty validation set and 1 puts every conversation in it. No
+    conversations: ``([], [])``. ``conversations`` is not modified; both parts are new lists.
     """
     ### BEGIN SOLUTION M1.5
     groups: dict[str, list[int]] = {}
