@@ -12,10 +12,11 @@
 
 Mutants run in private workspaces (a copy of ``src/``, links to everything else), ``jobs``
 at a time, each in a child of a :class:`ForkServer` (libraries imported once), each against
-only the tests that can see it: the tests named for its task and every test that ran a line
-of its region in the reference run (traced; any milestone). A test outside that set cannot
-execute the mutated lines, so it cannot change verdict. The tracer sees only the test's own
-process: a check that runs a region in a subprocess must be named for that region's task.
+only the tests named for its task: both verdicts — (c) a stub fails a check of its task, (e)
+a wrong answer fails a check of its task with its cause — read those tests alone, so the
+other tests that run the region (other milestones' checks using it) cannot change them. The
+reference run is traced to find regions no test runs at all; the tracer sees only the test's
+own process: a check that runs a region in a subprocess must be named for that region's task.
 """
 
 from __future__ import annotations
@@ -256,8 +257,10 @@ def verify(root: Path, jobs: int = 2, progress: bool = True,
         if region.task not in targets and (tasks is None or region.task in tasks):
             report.problems.append(f"(c) ungraded region {region.task} at {region.where}: "
                                    "no milestone test runs its lines")
-    mutants = [m for m in mutants if m.region.task in targets]
-    runs = _run_mutants(root, mutants, targets, jobs, progress)
+    own = {task: [r["nodeid"] for r in reference.records if r["task"] == task]
+           for task in by_task}
+    mutants = [m for m in mutants if own[m.region.task]]
+    runs = _run_mutants(root, mutants, own, jobs, progress)
     for mutant, run in zip(mutants, runs):
         task = mutant.region.task
         failed = [r for r in run.records if r["outcome"] in ("failed", "blocked")]
