@@ -16,9 +16,13 @@ def inject_lora(model: nn.Module, targets: list[str], r: int, alpha: float,
                 dropout: float = 0.0) -> nn.Module:
     """Replace each module named in ``targets`` by a :class:`LoRALinear` around it.
 
-    Afterwards exactly the ``lora_A`` / ``lora_B`` parameters require gradients: every
-    other parameter of the model (embeddings, norms, LM head, base weights) is frozen.
-    Modifies ``model`` in place and returns it. KeyError for a name not in the model.
+    ``targets`` are full names as in ``model.named_modules()`` (a top-level name's parent is
+    the model itself). Each becomes ``LoRALinear(module, r, alpha, dropout)`` wrapping that
+    very module (not a copy), set on its parent; every other module stays where it was, and
+    ``targets`` is not modified. Afterwards exactly the ``lora_A`` / ``lora_B`` parameters
+    require gradients: every other parameter of the model (embeddings, norms, LM head, base
+    weights) is frozen. Modifies ``model`` in place and returns it. A name not in the model
+    raises ``AttributeError`` (as ``model.get_submodule`` does), never a silent skip.
     """
     ### BEGIN SOLUTION M2.4
     for p in model.parameters():

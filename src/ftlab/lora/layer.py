@@ -58,8 +58,17 @@ class LoRALinear(nn.Module):
 
         Sets ``base_layer`` (``base`` itself, not a copy), ``lora_A`` (r x in), ``lora_B``
         (out x r, all zeros), ``scaling`` = alpha / r and ``lora_dropout``: ``nn.Dropout(dropout)``
-        when dropout > 0, else ``nn.Identity()``. A and B take the base weight's dtype and
-        device. Raises ValueError for r < 1.
+        when dropout > 0, else ``nn.Identity()``. Raises ValueError for r < 1.
+
+        - ``scaling`` is the true quotient for any int or float alpha and r: alpha=4, r=8
+          gives 0.5 and alpha=12.0, r=8 gives 1.5 (never ``alpha // r``, never rounded).
+        - A and B are ``nn.Parameter`` attributes that require gradients; every parameter of
+          the base (weight and bias) is frozen, and nothing else.
+        - Sizes come from ``in_features, out_features`` above (``linear_dims``; GPT-2's
+          ``Conv1D`` stores its weight as (in, out), so ``base.weight.shape`` misleads).
+        - A and B take the dtype and device of ``weight`` above (``dense_weight(base)``:
+          float32 for a 4-bit base, which has no float weight; the base's device, ``meta``
+          included).
         """
         super().__init__()
         if r < 1:
@@ -88,7 +97,16 @@ class LoRALinear(nn.Module):
         the update after B is dropped out. ``lora_dropout`` is called exactly once, on x, and
         is the only random draw, so in train mode the output is reproducible from the seed:
         after ``torch.manual_seed(s)`` the mask is the one ``F.dropout(x, p)`` draws after the
-        same seed. In eval mode dropout does nothing.
+        same seed. In eval mode dropout does nothing (``nn.Dropout`` follows
+        ``train()``/``eval()``; ``F.dropout`` would need ``training=self.training``).
+
+        The base path is ``self.base_layer(x)`` (a Conv1D or 4-bit base stores its weight
+        differently). The update is multiplied by ``self.scaling`` as it is at call time
+        (``adapters_disabled`` sets it to 0), never by alpha / r recomputed. x may have any
+        number of leading dimensions, none included, and is left unmodified: with dropout off
+        ``lora_dropout(x)`` (and ``.to`` of the same dtype) is x itself, so no in-place ops on
+        it. Gradients reach x through both paths, and A and B (no ``torch.no_grad``,
+        ``.detach()`` or ``.data``).
 
         The adapter computes in A's dtype (x is cast to it: a bfloat16 base may carry float32
         adapters) and the update joins the base output in that output's dtype. Under autocast
@@ -110,10 +128,12 @@ class LoRALinear(nn.Module):
         ### END SOLUTION
 
     def delta_weight(self) -> torch.Tensor:
-        """The update ``scaling * B @ A`` as a float32 (out, in) tensor.
+        """The update ``scaling * B @ A`` as a float32 (out, in) tensor on the adapter's device.
 
         A and B are cast to float32 before multiplying (in bfloat16 the product would lose
-        the small update); the result is never in the adapter's own dtype.
+        the small update); the result is float32 whatever the adapter's dtype. ``scaling`` is
+        ``self.scaling`` as it is (not alpha / r recomputed). A and B are left unchanged:
+        ``.float()`` of a float32 tensor is that tensor itself, so no in-place ops on it.
         """
         ### BEGIN SOLUTION M2.5
         return self.scaling * (self.lora_B.float() @ self.lora_A.float())

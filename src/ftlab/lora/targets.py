@@ -30,11 +30,17 @@ def find_target_modules(model: nn.Module, names: list[str] | None = None) -> lis
     ``names`` None: the model's architecture decides: ``KNOWN_TARGETS[model.config.model_type]``
     when known; for any other model every linear layer except the LM head.
 
-    ``names`` given (an explicit request): every linear layer whose last name component is
-    in ``names``, honoured as asked, except that a request matching the LM head is refused
-    loudly: ``ValueError`` naming the LM head's full name (``["lm_head"]`` alone or among
-    others; never a silent drop). Names matching no linear layer add nothing.
+    ``names`` given (an explicit request, which replaces ``KNOWN_TARGETS``): every linear
+    layer whose last name component is in ``names``, honoured as asked, except that a
+    request matching the LM head is refused loudly: ``ValueError`` naming the LM head's full
+    name (``["lm_head"]`` alone or among others, or whatever the head is called; never a
+    silent drop). Each name is compared whole with the last component: ``"proj"`` matches no
+    Llama layer and ``"up_proj"`` not Phi-3's ``gate_up_proj``. Every name counts; names
+    matching no linear layer add nothing; ``names=[]`` gives ``[]``. ``names`` is not modified.
 
+    A model without ``get_output_embeddings`` (or whose method returns None) has no LM head
+    to skip; a model without ``config``, or whose ``model_type`` is not in ``KNOWN_TARGETS``,
+    follows the generic rule. Returns a list without duplicates (``[]`` when nothing matches).
     Embeddings and norms are not linear layers and are never returned.
     """
     ### BEGIN SOLUTION M2.3
