@@ -484,6 +484,11 @@ def test_wrong_answer_variants_follow_the_reference():
         variant(FIXTURE, "M1.2", "sum(", "max(")
     with pytest.raises(ValueError, match="no solution region"):
         solution(FIXTURE, "M4.1")
+    from ftlab.course.wrong import variants
+
+    assert variants(FIXTURE, "M1.2", ("/", "//"), ("len", "max")) == "return total(xs) // max(xs)\n"
+    with pytest.raises(ValueError, match="'sum\\(' is not in the reference solution"):
+        variants(FIXTURE, "M1.2", ("/", "//"), ("sum(", "max("))
 
 
 # ---------------------------------------------------------------- threads

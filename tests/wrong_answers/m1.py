@@ -6,21 +6,10 @@ code it mutates and fails loudly when that code changes.
 
 from pathlib import Path
 
-from ftlab.course.wrong import WrongAnswer, variant
+from ftlab.course.wrong import WrongAnswer, variant, variants
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def variants(task: str, *changes: tuple[str, str]) -> str:
-    """``task``'s reference with several mistakes (old -> new), each checked like
-    :func:`variant`."""
-    code = variant(ROOT, task, *changes[0])
-    for old, new in changes[1:]:
-        if old not in code:
-            raise ValueError(f"{task}: {old!r} is not in the reference solution; update the "
-                             "wrong answer")
-        code = code.replace(old, new, 1)
-    return code
 
 WRONG_ANSWERS = [
     WrongAnswer(
@@ -139,7 +128,7 @@ return train, validation
                      "e[\"labels\"] + [pad_id] * pad")),
     WrongAnswer(
         task="M1.6", label="left padding", message_contains=("left padding",),
-        code=variants("M1.6",
+        code=variants(ROOT, "M1.6",
                       ('e["input_ids"] + [pad_id] * pad', '[pad_id] * pad + e["input_ids"]'),
                       ('e["labels"] + [IGNORE_INDEX] * pad', '[IGNORE_INDEX] * pad + e["labels"]'),
                       ('[1] * len(e["input_ids"]) + [0] * pad',
@@ -147,7 +136,7 @@ return train, validation
     WrongAnswer(
         task="M1.6", label="attention_mask missing from the batch",
         message_contains=("attention_mask", "missing key"),
-        code=variants("M1.6",
+        code=variants(ROOT, "M1.6",
                       ('"labels": [], "attention_mask": []}', '"labels": []}'),
                       ('batch["attention_mask"].append([1] * len(e["input_ids"]) + [0] * pad)',
                        "pass"))),
@@ -295,7 +284,7 @@ return train, validation
     WrongAnswer(
         task="M1.4", label="a dropped conversation makes its later copy a duplicate",
         message_contains=("earlier *kept* conversation",),
-        code=variants("M1.4", ("key = dedupe_key(conv)",
+        code=variants(ROOT, "M1.4", ("key = dedupe_key(conv)",
                                "key = dedupe_key(conv)\n    dup = key in seen\n    seen.add(key)"),
                       ("elif key in seen:", "elif dup:"))),
     WrongAnswer(
@@ -312,7 +301,7 @@ return train, validation
     WrongAnswer(
         task="M1.4", label="the input list filtered in place",
         message_contains=("input list was modified",),
-        code=variants("M1.4", ("for conv in conversations:", "for conv in list(conversations):"),
+        code=variants(ROOT, "M1.4", ("for conv in conversations:", "for conv in list(conversations):"),
                       ("report.dropped[reason] += 1",
                        "report.dropped[reason] += 1\n    conversations.remove(conv)"))),
     WrongAnswer(
@@ -348,7 +337,7 @@ return train, validation
     WrongAnswer(
         task="M1.6", label="labels padded with pad_id, then every pad_id label masked",
         message_contains=("labels masked by value",),
-        code=variants("M1.6", ('e["labels"] + [IGNORE_INDEX] * pad', 'e["labels"] + [pad_id] * pad'),
+        code=variants(ROOT, "M1.6", ('e["labels"] + [IGNORE_INDEX] * pad', 'e["labels"] + [pad_id] * pad'),
                       ("return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}",
                        "out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}\n"
                        'out["labels"][out["labels"] == pad_id] = IGNORE_INDEX\n'
@@ -356,7 +345,7 @@ return train, validation
     WrongAnswer(
         task="M1.6", label="examples padded in place with +=",
         message_contains=("examples were modified",),
-        code=variants("M1.6",
+        code=variants(ROOT, "M1.6",
                       ('pad = width - len(e["input_ids"])',
                        'pad = width - len(e["input_ids"])\n    n = len(e["input_ids"])\n'
                        '    e["input_ids"] += [pad_id] * pad\n'

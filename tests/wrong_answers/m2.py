@@ -5,20 +5,9 @@ Where a wrong answer is the reference with one mistake, ``variant`` derives it f
 
 from pathlib import Path
 
-from ftlab.course.wrong import WrongAnswer, variant
+from ftlab.course.wrong import WrongAnswer, variant, variants
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def variants(task: str, *changes: tuple[str, str]) -> str:
-    """``task``'s reference with several edits (old -> new), each checked like :func:`variant`."""
-    code = variant(ROOT, task, *changes[0])
-    for old, new in changes[1:]:
-        if old not in code:
-            raise ValueError(f"{task}: {old!r} is not in the reference solution; update the "
-                             "wrong answer")
-        code = code.replace(old, new, 1)
-    return code
 
 
 _CALL = "LoRALinear(getattr(parent, child), r, alpha, dropout)"
@@ -138,7 +127,7 @@ WRONG_ANSWERS = [
                              "base.weight.shape\n")),
     WrongAnswer(task="M2.1", label="dtype and device from base.weight (a 4-bit base has none)",
                 message_contains=("dense_weight(base)",),
-                code=variants("M2.1", ("dtype=weight.dtype,", "dtype=base.weight.dtype,"),
+                code=variants(ROOT, "M2.1", ("dtype=weight.dtype,", "dtype=base.weight.dtype,"),
                               ("device=weight.device)", "device=base.weight.device)"))),
     WrongAnswer(task="M2.1", label="whole layer frozen after creating A and B, A unfrozen only",
                 message_contains=("freeze only the base",),

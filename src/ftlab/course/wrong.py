@@ -56,6 +56,18 @@ def variant(root: Path, task: str, old: str, new: str) -> str:
     return code.replace(old, new, 1)
 
 
+def variants(root: Path, task: str, *changes: tuple[str, str]) -> str:
+    """``task``'s reference solution with several mistakes (``(old, new)`` pairs, applied in
+    order), each checked like :func:`variant`: a missing ``old`` raises ValueError."""
+    code = solution(root, task)
+    for old, new in changes:
+        if old not in code:
+            raise ValueError(f"{task}: {old!r} is not in the reference solution; update the "
+                             "wrong answer")
+        code = code.replace(old, new, 1)
+    return code
+
+
 def load_wrong_file(file: Path) -> list[WrongAnswer]:
     """The ``WRONG_ANSWERS`` list of one Python file (empty when it has none)."""
     return list(runpy.run_path(str(file)).get("WRONG_ANSWERS", []))
