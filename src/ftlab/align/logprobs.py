@@ -20,9 +20,14 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     Input: ``logits`` (batch, length, vocab) from a causal LM over the rows; ``labels``
     (batch, length), not shifted: the logits at position ``t`` score ``labels[:, t + 1]``.
     Positions whose label is ``IGNORE_INDEX`` (prompt, padding) add nothing, so two rows
-    with the same response after different prompts are scored on the response alone.
-    Output: float32 tensor (batch,) with a graph when ``logits`` has one; 0 for a row
-    with no response token.
+    with the same response after different prompts are scored on the response alone; every
+    other label is a token id in ``[0, vocab)`` and is scored — id 0 and the pad id too
+    (padding is marked by ``IGNORE_INDEX``, never by its id). ``labels`` may live on
+    another device than ``logits``. Neither input is modified.
+    Output: float32 tensor (batch,) on the logits' device, with a graph when ``logits`` has
+    one; the maths in float32 whatever the logits' dtype (bfloat16 logits are converted
+    before ``log_softmax``, which stays exact for very unlikely tokens); 0 for a row with no
+    response token (every label ``IGNORE_INDEX``, or a row of length 1).
     """
     ### BEGIN SOLUTION C.1
     scores = logits[:, :-1].float().log_softmax(dim=-1)

@@ -51,11 +51,13 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     ``policy_*``: log-probs of the chosen / rejected responses under the model being
     trained (with a graph). ``reference_*``: the same under the frozen reference model;
     treated as constants even when they carry a graph. ``beta`` > 0 scales the rewards
-    (the strength of the implicit KL penalty to the reference).
+    (the strength of the implicit KL penalty to the reference): the argument's value, any
+    positive float. ``pairs`` may be 1. The inputs are not modified.
 
-    ``losses = -logsigmoid(beta * ((pc - rc) - (pr - rr)))`` — computed with
-    ``logsigmoid``, which stays finite for large margins; rewards ``beta * (p - r)``,
-    detached.
+    ``losses = -logsigmoid(beta * ((pc - rc) - (pr - rr)))`` per pair (no mean here:
+    :attr:`DPOOutput.loss` averages) — computed with ``logsigmoid``, which stays finite for
+    large margins; rewards ``beta * (p - r)``, detached. Every output is (pairs,) in the
+    inputs' dtype.
     """
     ### BEGIN SOLUTION C.2
     chosen_ratio = policy_chosen - reference_chosen.detach()

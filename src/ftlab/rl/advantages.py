@@ -20,8 +20,10 @@ SCALES = ("group", "batch", "none")
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group"
                      ) -> torch.Tensor:
-    """Advantages (N,) of the rewards (N,) of ``N = P * group_size`` completions, stored
-    group by group (rows ``g*G .. g*G+G-1`` answer prompt ``g``).
+    """Advantages (N,) of the rewards (N,) — a floating-point tensor — of
+    ``N = P * group_size`` completions, stored group by group (rows ``g*G .. g*G+G-1``
+    answer prompt ``g``), in the input order. ``rewards`` is not modified (a view of it
+    shares its storage: no in-place maths on one).
 
     Each reward minus the mean of its own group (never the batch mean: a prompt's
     difficulty must not leak into another's advantages), then divided according to
@@ -29,7 +31,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     ``"batch"`` by the standard deviation of all N rewards + :data:`STD_EPSILON`,
     ``"none"``: not divided (Dr. GRPO). Standard deviations are unbiased (Bessel's n - 1, as
     ``torch.std`` and TRL); a single reward has none — count it as 0, so a group of one
-    (or a batch of one) gets advantage 0, never NaN. Equal to the advantages TRL's
+    (or a batch of one) gets advantage 0, never NaN; so does a group whose rewards are
+    all equal (0 / (0 + 1e-4)), whatever ``scale``. Equal to the advantages TRL's
     ``GRPOTrainer`` computes from the same rewards (``scale_rewards``). Output dtype and
     device: those of ``rewards``; no graph is needed (rewards are numbers).
     """

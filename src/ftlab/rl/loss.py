@@ -39,7 +39,8 @@ micro-batch and process (``step_tokens``)."""
 class GRPOLoss:
     """``loss``: the aggregated scalar with a graph to the policy; ``kl`` (B, C): the KL
     term per token before ``beta`` (k3, times the ratio with ``kl_correction``), detached;
-    0 where ``beta`` is 0 or no reference is given."""
+    0 where ``beta`` is 0 or no reference is given. ``kl`` at padding positions is not
+    used (any value)."""
 
     loss: torch.Tensor
     kl: torch.Tensor
@@ -56,13 +57,23 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None,
     graph. ``old_logps`` (B, C): the same under the policy that sampled them — constants
     (detach them); None when sampling and training are the same policy (one update per
     sample batch): then ``logps`` detached. ``ref_logps`` (B, C) or None: the reference's,
-    used when ``beta`` > 0; ``kl_correction``: weight the KL by the ratio (module doc).
-    ``advantages`` (B,): one per completion, shared by its tokens.
-    ``mask`` (B, C): 1 on completion tokens, 0 on padding after a completion's end —
-    padding adds nothing to any sum or count. ``loss_type``: one of :data:`AGGREGATIONS`;
-    ``dr_grpo`` needs ``max_completion_length``; ``dapo`` divides by ``step_tokens``
-    (default: the tokens of this micro-batch). Equal to TRL ``GRPOTrainer``'s loss for
+    constants too (no gradient reaches them), used when ``beta`` != 0 — with ``beta`` 0
+    there is no KL term even when a reference is given; ``kl_correction``: weight the KL by
+    the ratio (module doc). ``advantages`` (B,): one per completion, shared by its tokens
+    (B may equal C). ``mask`` (B, C): 1 on completion tokens, 0 on padding after a
+    completion's end — padding adds nothing to any sum or count, and the log-probs there
+    are arbitrary (whatever the model or the sampler left there): they change neither the
+    loss nor its gradient.
+    ``loss_type``: one of :data:`AGGREGATIONS`; ``dr_grpo`` needs
+    ``max_completion_length``; ``dapo`` divides by ``step_tokens`` (default: the tokens of
+    this micro-batch; the other types ignore it). Equal to TRL ``GRPOTrainer``'s loss for
     that ``loss_type`` (one process, no gradient accumulation), and so are its gradients.
+
+    Empty completions: a completion with no token (a mask row of 0s) contributes 0 to
+    every sum and still counts among the B completions ('grpo', 'dr_grpo'); every count
+    is clamped at 1 (as TRL), so a micro-batch of padding only (or ``step_tokens`` 0)
+    gives loss 0 and a zero gradient, never NaN. The loss always keeps its graph to
+    ``logps``. No input is modified.
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"loss_type must be one of {AGGREGATIONS}, got {loss_type!r}")
