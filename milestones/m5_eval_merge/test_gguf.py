@@ -6,11 +6,13 @@ loaded back with transformers' GGUF loader."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import gguf
 import pytest
 import torch
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ftlab.course.teaching import expect, explained
@@ -37,10 +39,14 @@ NAMES_CAUSE = ("misspelt or swapped tensor name: llama.cpp and transformers' GGU
                "under another name is skipped, left uninitialised, or lands in the wrong place")
 
 
+@functools.cache
+def _name_map(n_layers: int) -> gguf.TensorNameMap:
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+
+
 def _llama_cpp_name(hf_name: str, n_layers: int) -> str:
     """The name gguf-py's tensor map (llama.cpp's table) gives a Hugging Face Llama name."""
-    return gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers).get_name(
-        hf_name, try_suffixes=(".weight",))
+    return _name_map(n_layers).get_name(hf_name, try_suffixes=(".weight",))
 
 
 def _gguf_tensor(hf_name, tensor, config):
@@ -57,7 +63,7 @@ def _check_names(pairs: list[tuple[str, str, str]], where: str) -> None:
     bad = [(hf, want, got) for hf, want, got in pairs if got != want]
     lost = [hf for hf, want, got in bad
             if (block := re.match(r"model\.layers\.(\d+)\.", hf))
-            and not re.match(rf"blk\.{block.group(1)}\.", got)]
+            and got.startswith("blk.") and not re.match(rf"blk\.{block.group(1)}\.", got)]
     cause = ("layer index lost: model.layers.{i}.* must become blk.{i}.*, keeping i, or the "
              "layers overwrite each other" if lost else NAMES_CAUSE)
     expect(not bad, task="M5.4", what=f"GGUF tensor names {where} ({len(bad)} of {len(pairs)} "
@@ -92,6 +98,118 @@ def test_m5_4_only_q_and_k_rows_move():
                    expected="unchanged", got="changed",
                    cause="only q_proj and k_proj feed RoPE; v_proj, o_proj, the MLP, norms and "
                          "embeddings are written as they are")
+
+
+BLOCK_MODULES = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "kv",
+                 "self_attn.o_proj": "o", "mlp.gate_proj": "up", "mlp.up_proj": "up",
+                 "mlp.down_proj": "down", "input_layernorm": "norm",
+                 "post_attention_layernorm": "norm"}
+
+
+def _config(heads, kv_heads, hidden, head_dim, layers=2):
+    return LlamaConfig(vocab_size=16, hidden_size=hidden, intermediate_size=8,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, head_dim=head_dim)
+
+
+def _shape(kind, config):
+    """Hugging Face shape of a parameter of ``kind`` (see BLOCK_MODULES) under ``config``."""
+    hidden, d = config.hidden_size, config.head_dim
+    return {"q": (config.num_attention_heads * d, hidden),
+            "k": (config.num_key_value_heads * d, hidden),
+            "kv": (config.num_key_value_heads * d, hidden),
+            "o": (hidden, config.num_attention_heads * d), "up": (config.intermediate_size, hidden),
+            "down": (hidden, config.intermediate_size), "norm": (hidden,),
+            "embed": (config.vocab_size, hidden)}[kind]
+
+
+def test_m5_4_names_keep_every_layer_index():
+    config = _config(4, 2, 16, 4, layers=12)
+    names = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm",
+             "lm_head.weight": "embed"}
+    names |= {f"model.layers.{i}.{module}.weight": kind for i in (0, 1, 9, 10, 11)
+              for module, kind in BLOCK_MODULES.items()}
+    pairs = []
+    for hf, kind in names.items():
+        with explained(task="M5.4", what=f"gguf_tensor({hf!r}, ...) in a 12-layer model",
+                       expected="(llama.cpp name, tensor)",
+                       cause="the layer index is every digit between 'model.layers.' and the next "
+                             "'.' (10 and 11 have two), kept as is in blk.{i}; match the module "
+                             "name exactly, not by a substring"):
+            got = gguf_tensor(hf, torch.randn(_shape(kind, config)), config)[0]
+        pairs.append((hf, _llama_cpp_name(hf, 12), got))
+    _check_names(pairs, "of layers 0, 1, 9, 10 and 11 of a 12-layer Llama")
+
+
+def _interleaved(weight, heads, inverse=False):
+    """The spec's row order, row by row: head h's rows [x_0 .. x_{d/2-1} | y_0 .. y_{d/2-1}]
+    become [x_0, y_0, x_1, y_1, ..] (``inverse``: the other way round)."""
+    d = weight.shape[0] // heads
+    out = torch.empty_like(weight)
+    for h in range(heads):
+        for j in range(d // 2):
+            for src, dst in ((h * d + j, h * d + 2 * j), (h * d + d // 2 + j, h * d + 2 * j + 1)):
+                if inverse:
+                    src, dst = dst, src
+                out[dst] = weight[src]
+    return out
+
+
+HEAD_LAYOUTS = {  # (heads, key/value heads, hidden, head_dim, dtype)
+    "bfloat16 weights, 8 heads, 2 key/value heads": (8, 2, 64, 8, torch.bfloat16),
+    "grouped-query attention: 6 heads, 2 key/value heads": (6, 2, 24, 4, torch.float32),
+    "multi-query attention: 3 heads of 6, 1 key/value head": (3, 1, 18, 6, torch.float32),
+    "4 heads of 12 in a 32-wide model (head_dim set)": (4, 4, 32, 12, torch.float32)}
+
+
+def _layout_cause(out, weight, heads, config):
+    """Which plausible mistake ``out`` is, for a projection with ``heads`` heads."""
+    if torch.equal(out, weight):
+        return ROPE_CAUSE
+    if torch.equal(out, _interleaved(weight, heads, inverse=True)):
+        return ("the inverse permutation (llama.cpp's layout back to Hugging Face's): " +
+                LAYOUT_CAUSE)
+    for other in {config.num_attention_heads, config.num_key_value_heads,
+                  config.num_attention_heads // config.num_key_value_heads} - {heads}:
+        if weight.shape[0] % (2 * other) == 0 and torch.equal(out, _interleaved(weight, other)):
+            return (f"permuted as {other} heads instead of {heads}: n is num_attention_heads "
+                    "for q_proj and num_key_value_heads for k_proj (grouped-query attention), "
+                    "not the group size")
+    return LAYOUT_CAUSE
+
+
+@pytest.mark.parametrize("layout", list(HEAD_LAYOUTS))
+def test_m5_4_qk_rows_interleaved_per_head(layout):
+    heads, kv_heads, hidden, head_dim, dtype = HEAD_LAYOUTS[layout]
+    config = _config(heads, kv_heads, hidden, head_dim)
+    g = torch.Generator().manual_seed(0)
+    for module, n in (("q_proj", heads), ("k_proj", kv_heads)):
+        hf = f"model.layers.1.self_attn.{module}.weight"
+        weight = torch.randn(n * head_dim, hidden, generator=g).to(dtype)
+        given = weight.clone()
+        with explained(task="M5.4", what=f"gguf_tensor({hf!r}, {tuple(weight.shape)} {dtype}) "
+                       f"with {layout}", expected="(name, tensor of the same shape)",
+                       cause="view the weight as (n, 2, rows // n // 2, hidden): n is "
+                             "num_attention_heads for q_proj and num_key_value_heads for k_proj "
+                             "(grouped-query attention; not the group size), and head_dim is "
+                             "rows // n — a config may set head_dim != hidden_size / "
+                             "num_attention_heads"):
+            out = gguf_tensor(hf, weight, config)[1]
+        expect(torch.equal(weight, given), task="M5.4", what=f"the {module} tensor passed in",
+               expected="unchanged", got="changed in place",
+               cause="build the permuted tensor with reshape/transpose (a new tensor); never "
+                     "write into the tensor passed in — export_gguf passes the model's own "
+                     "weights")
+        expect(tuple(out.shape) == tuple(weight.shape) and out.dtype == dtype, task="M5.4",
+               what=f"shape and dtype of {module} with {layout}",
+               expected=f"{tuple(weight.shape)} {dtype}", got=f"{tuple(out.shape)} {out.dtype}",
+               cause="permute rows only: same shape, same dtype (export_gguf converts to the "
+                     "file's tensor type itself)")
+        want = _interleaved(weight, n)
+        expect(torch.equal(out, want), task="M5.4",
+               what=f"row order of {module} with {layout} ({n} heads of {head_dim})",
+               expected="each head's rows [first half | second half] -> interleaved pairs",
+               got="another order", cause=_layout_cause(out, weight, n, config))
 
 
 def _rotate_pairs(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -159,3 +277,4 @@ def test_m5_4_embedded_model_round_trip(embedded, tmp_path):
            what="greedy generations of the GGUF model vs the original",
            expected=check.reference_generations, got=check.gguf_generations,
            cause=ROPE_CAUSE)
+

@@ -11,11 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from ftlab.course.standins import right_pad
 from ftlab.course.teaching import expect, explained
 from ftlab.evaluate import greedy_decode, perplexity
-from ftlab.models.tiny import tiny_examples, tiny_model
+from ftlab.models.tiny import tiny_config, tiny_examples, tiny_model
 
 pytestmark = pytest.mark.m5
 
@@ -58,6 +59,9 @@ def test_m5_1_perplexity_is_token_weighted(setup, response_only):
         got = perplexity(model, batches, response_only=response_only)
     per_batch = [_reference_nll(model, [b], response_only) for b in batches]
     mean_of_means = sum(t / c for t, c in per_batch) / len(per_batch)
+    per_row = [_reference_nll(model, [{k: v[r:r + 1] for k, v in b.items()}], response_only)
+               for b in batches for r in range(len(b["input_ids"]))]
+    row_means = [t / c for t, c in per_row if c]
     expect(got.tokens == count, task="M5.1",
            what=f"scored tokens ({'response tokens' if response_only else 'all real tokens'})",
            expected=count, got=got.tokens,
@@ -69,10 +73,100 @@ def test_m5_1_perplexity_is_token_weighted(setup, response_only):
            cause=("mean of batch means: sum -log p over every scored token of all batches, "
                   "divide once by the number of scored tokens"
                   if math.isclose(got.loss, mean_of_means, rel_tol=1e-5) else
+                  "mean of per-sequence means: a long reply must weigh more than a short one; "
+                  "sum -log p over every scored token, divide once by their number"
+                  if math.isclose(got.loss, sum(row_means) / len(row_means), rel_tol=1e-5) else
                   "score logits[:, t] against labels[:, t + 1] with log_softmax, float32"))
     expect(math.isclose(got.perplexity, math.exp(total / count), rel_tol=1e-5), task="M5.1",
            what="perplexity", expected=f"{math.exp(total / count):.4f}",
            got=f"{got.perplexity:.4f}", cause="perplexity = exp(mean NLL per token)")
+
+
+def _batched_reference(model, batches, response_only):
+    """Sum of -log p (float64) over scored tokens and their count, from one eval-mode forward
+    of each batch as given, position by position; the model's mode is left as found."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            labels = batch["labels"] if response_only else ids.masked_fill(mask == 0, -100)
+            log_p = model(input_ids=ids, attention_mask=mask).logits.double().log_softmax(-1)
+            for row in range(len(ids)):
+                for t in range(ids.shape[1] - 1):
+                    if labels[row, t + 1] != -100:
+                        total -= float(log_p[row, t, labels[row, t + 1]])
+                        count += 1
+    model.train(was_training)
+    return total, count
+
+
+def _attention_dropout_llama(p):
+    config = tiny_config("llama")
+    config.attention_dropout = p
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config)
+
+
+PERPLEXITY_CASES = {
+    "a batch with no response token": (
+        "a batch whose labels are all -100 adds nothing to the sums; a per-batch mean "
+        "(F.cross_entropy's default reduction, or the model's own loss) is 0/0 = NaN there: "
+        "sum -log p over the scored tokens (reduction='sum') and count them"),
+    "the model passed in train mode (attention dropout 0.5)": (
+        "dropout still active: call model.eval() before the forward passes — in train mode "
+        "dropout changes the logits at random and the perplexity with them"),
+    "a bfloat16 model": (
+        "log-probabilities in bfloat16: cast the logits to float32 (.float()) before "
+        "log_softmax; bfloat16 keeps 3 significant digits, too few for a mean NLL"),
+}
+
+
+def _perplexity_case(case):
+    examples = tiny_examples(6, seed=3, lengths=(6, 40))
+    for e in examples[:2]:  # id 0, the padding id, is also a real target token here
+        e["input_ids"][-2] = e["labels"][-2] = PAD
+    batches = [right_pad(examples[:3], PAD), right_pad(examples[3:], PAD)]
+    model = tiny_model("llama")
+    if case.startswith("a batch with no response"):
+        prompts = [dict(e, labels=[-100] * len(e["labels"])) for e in tiny_examples(2, seed=4)]
+        batches.insert(1, right_pad(prompts, PAD))
+    elif case.startswith("the model passed in train mode"):
+        model = _attention_dropout_llama(0.5)
+    else:
+        model = _decoder("llama").to(torch.bfloat16)  # large logits: bf16 rounding shows
+    return model, batches
+
+
+@pytest.mark.parametrize("case", list(PERPLEXITY_CASES))
+def test_m5_1_perplexity_edge_cases(case):
+    model, batches = _perplexity_case(case)
+    total, count = _batched_reference(model, batches, response_only=True)
+    originals = [{k: v.clone() for k, v in b.items()} for b in batches]
+    model.train(case.startswith("the model passed in train mode"))
+    with explained(task="M5.1", what=f"perplexity with {case}",
+                   expected="a Perplexity(loss, perplexity, tokens)", cause=PERPLEXITY_CASES[case]):
+        got = perplexity(model, batches, response_only=True)
+    kinds = tuple(type(x).__name__ for x in (got.loss, got.perplexity, got.tokens))
+    expect(kinds == ("float", "float", "int"), task="M5.1",
+           what="types of Perplexity's loss, perplexity and tokens",
+           expected="(float, float, int): plain Python numbers", got=kinds,
+           cause="tensors returned: convert the sums with float(...) and the count with int(...); "
+                 "a tensor in the result breaks json.dumps of the metrics")
+    changed = [k for b, o in zip(batches, originals) for k in o if not torch.equal(b[k], o[k])]
+    expect(not changed, task="M5.1", what="the batches passed in, after perplexity",
+           expected="unchanged", got=f"changed: {sorted(set(changed))}",
+           cause="labels written in place (e.g. targets[~scored] = 0 on a view of the batch's "
+                 "labels): use targets.clamp(min=0), which returns a new tensor; the caller "
+                 "reuses its batches")
+    expect(got.tokens == count, task="M5.1", what=f"scored tokens with {case}",
+           expected=count, got=got.tokens,
+           cause="count the labels that are not -100 (IGNORE_INDEX) after the shift, over every "
+                 "batch; a label equal to the pad id (0 here) is a real target, not padding")
+    expect(math.isclose(got.loss, total / count, rel_tol=1e-5), task="M5.1",
+           what=f"mean negative log-likelihood with {case}", expected=f"{total / count:.6f}",
+           got=f"{got.loss:.6f}", cause=PERPLEXITY_CASES[case])
 
 
 def _left_padded(lengths, seed=0):
@@ -179,3 +273,158 @@ def test_m5_2_stops_at_the_end_of_turn_token():
         expect(got.shape[1] == 8, task="M5.2", what="decoding length while row 1 has not stopped",
                expected=8, got=got.shape[1], cause="stop only when every row has produced a "
                "stop token")
+
+
+def _slow_greedy(model, ids, mask, max_new_tokens, stop_ids, pad_id, pick=None):
+    """The spec, one prompt at a time without padding or cache: re-run the whole sequence,
+    choose ``pick(logits of the last position)``, stop after a token of ``stop_ids``; rows
+    padded with ``pad_id`` to the longest. Eval mode; the model's mode is left as found."""
+    choose = (lambda scores: scores.argmax(dim=-1)) if pick is None else pick
+    was_training = model.training
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for row in range(len(ids)):
+            sequence, new = ids[row][mask[row] == 1], []
+            while len(new) < max_new_tokens and not (new and new[-1] in stop_ids):
+                new.append(int(choose(model(input_ids=sequence[None]).logits[:, -1])[0]))
+                sequence = torch.cat([sequence, torch.tensor(new[-1:])])
+            rows.append(new)
+    model.train(was_training)
+    width = max(map(len, rows))
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+
+
+def _first_new(free, row, step):
+    """``free[row][step]`` if that token is new in its row and in no other row up to ``step``
+    (so it stops only that row, there), else None."""
+    token = free[row][step]
+    clash = token in free[row][:step] or any(token in other[:step + 1]
+                                              for r, other in enumerate(free) if r != row)
+    return None if clash else token
+
+
+def _stop_plan(free, steps):
+    """One stop token per row, met first at about ``steps[row]`` (searching earlier steps when
+    that token also occurs elsewhere): (token per row, step it ends at per row)."""
+    tokens, ends = [], []
+    for row, step in enumerate(steps):
+        for s in range(step, 0, -1):
+            token = _first_new(free, row, s)
+            if token is not None and token not in tokens:
+                tokens.append(token)
+                ends.append(s)
+                break
+    return tokens, ends
+
+
+def _second_best(logits):
+    expect(logits.dim() == 2, task="M5.2", what="the logits passed to pick",
+           expected="(B, vocab): the last position of each row", got=tuple(logits.shape),
+           cause="call pick(out.logits[:, -1]) — one (B, vocab) row of logits per prompt")
+    return logits.topk(2, dim=-1).indices[:, 1]
+
+
+DECODE_CASES = {
+    "several stop ids, every row stopping": (
+        "every id of stop_ids ends a row (torch.isin(token, stops)), not only the first; a row "
+        "keeps its stop token and is padded afterwards; decoding ends as soon as every row has "
+        "stopped — append the step's tokens before checking that"),
+    "several stop ids, the last stop exactly at max_new_tokens": (
+        "the last allowed step may itself produce a stop token: keep it (append, then check); "
+        "run exactly max_new_tokens steps when rows have not stopped before"),
+    "stop ids inside the prompts (one prompt ends with one)": (
+        "only generated tokens stop a row: stop ids inside the prompt (a chat prompt holds "
+        "<|im_end|> after every earlier turn) must not finish it — start with no row done"),
+    "a pad id that is also a real token": (
+        "the pad id is also an ordinary token here: take the prompt mask from attention_mask, "
+        "never from input_ids != pad_id, and grow it with a column of ones each step — a "
+        "generated token equal to pad_id is still attended to"),
+    "a pick function (sampling)": (
+        "pick ignored: choose each token with pick(out.logits[:, -1]) when pick is given "
+        "(argmax only when it is None); sampling passes its own chooser"),
+    "the model passed in train mode (attention dropout 0.5)": (
+        "dropout still active: call model.eval() before decoding; in train mode dropout "
+        "changes the logits at random"),
+}
+
+
+def _decode_case(case):
+    """(model, ids, mask, max_new_tokens, stop_ids, pad_id, pick) for ``case``."""
+    model = _decoder("llama")
+    ids, mask = _left_padded([5, 9, 7], seed=0)
+    if case.startswith("several stop ids"):
+        free = _slow_greedy(model, ids, mask, 8, [], PAD).tolist()
+        tokens, ends = _stop_plan(free, [1, 4, 5])
+        last = max(ends) + 1
+        stops = tokens[-1:] + tokens[:-1]  # no row stops on its own index nor on stops[0] only
+        return model, ids, mask, last if "exactly" in case else last + 2, stops, PAD, None
+    if case.startswith("stop ids inside"):
+        ids[0, -1], ids[1, 3] = 2, 3  # real prompt tokens (mask 1)
+        return model, ids, mask, 6, [3, 2], PAD, None
+    if case.startswith("a pad id"):
+        free = _slow_greedy(model, ids, mask, 6, [], PAD).tolist()
+        pad = free[0][1]  # row 0's second new token
+        ids[1, 4] = pad   # and a real token inside prompt 1
+        return model, ids.masked_fill(mask == 0, pad), mask, 6, [], pad, None
+    if case.startswith("a pick"):
+        return model, ids, mask, 6, [], PAD, _second_best
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    return model.train(), ids, mask, 6, [], PAD, None
+
+
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_m5_2_greedy_decode_follows_the_spec(case):
+    model, ids, mask, max_new, stops, pad, pick = _decode_case(case)
+    want = _slow_greedy(model, ids, mask, max_new, stops, pad, pick)
+    given = (ids.clone(), mask.clone())
+    with explained(task="M5.2", what=f"greedy_decode with {case}",
+                   expected=f"({len(ids)}, <= {max_new}) new token ids", cause=DECODE_CASES[case]):
+        got = greedy_decode(model, ids, mask, max_new_tokens=max_new, stop_ids=stops,
+                            pad_id=pad, pick=pick)
+    expect(torch.equal(ids, given[0]) and torch.equal(mask, given[1]), task="M5.2",
+           what="input_ids and attention_mask after greedy_decode", expected="unchanged",
+           got="changed", cause="build the grown mask and the sequence with torch.cat (new "
+           "tensors); never write into the caller's input_ids or attention_mask")
+    expect(got.dtype == torch.long, task="M5.2", what="dtype of the returned token ids",
+           expected="torch.int64, like input_ids", got=got.dtype,
+           cause="stack the chosen ids (argmax gives int64); a float buffer (torch.zeros(B, N)) "
+                 "holds no token ids")
+    expect(torch.equal(got, want), task="M5.2",
+           what=f"tokens with {case} (max_new_tokens {max_new}, stop_ids {stops}, pad_id {pad})",
+           expected=want.tolist(), got=got.tolist(),
+           cause=_stop_cause(model, ids, mask, max_new, stops, got, want)
+           if case.startswith("several stop ids") else DECODE_CASES[case])
+
+
+def _stopped_by_the_prompt(ids, mask, stops, got, want):
+    """Whether a row holding a stop id in its prompt came back finished before any token."""
+    return any(got.dim() == 2 and got.shape[1] and int(want[r, 0]) not in stops
+               and bool(torch.isin(ids[r][mask[r] == 1], torch.tensor(stops)).any())
+               and got[r, 0] != want[r, 0] and (got[r] == got[r, 0]).all()
+               for r in range(len(want)))
+
+
+def _stop_cause(model, ids, mask, max_new, stops, got, want):
+    """Which stopping mistake ``got`` shows, for the several-stop-ids cases."""
+    width = want.shape[1]
+    if _stopped_by_the_prompt(ids, mask, stops, got, want):
+        return DECODE_CASES["stop ids inside the prompts (one prompt ends with one)"]
+    if got.shape[1] > width and torch.equal(got[:, :width], want):
+        return ("decoding went on after every row had stopped: end as soon as every row has "
+                "produced a stop token (N < max_new_tokens then)")
+    if got.shape[1] == width - 1 and torch.equal(got, want[:, :-1]):
+        return ("the last stop token dropped: append the step's tokens, then check whether "
+                "every row is done — the last allowed step may itself produce a stop token")
+    if torch.equal(got, _slow_greedy(model, ids, mask, max_new, stops[:1], PAD)):
+        return ("only the first stop id honoured: every id of stop_ids ends a row "
+                "(torch.isin(token, stops)), not only stop_ids[0]")
+    rows = [_slow_greedy(model, ids[r:r + 1], mask[r:r + 1], max_new, [stops[r]], PAD)[0].tolist()
+            for r in range(len(ids))]
+    longest = max(map(len, rows))
+    if got.tolist() == [r + [PAD] * (longest - len(r)) for r in rows]:
+        return ("stop ids compared element by element with the rows (token == stops pairs row i "
+                "with stop_ids[i]): test membership, torch.isin(token, stops)")
+    return DECODE_CASES["several stop ids, every row stopping"]

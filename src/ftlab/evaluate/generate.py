@@ -31,8 +31,19 @@ def greedy_decode(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     and appends ``pick(last logits)`` — ``argmax`` when ``pick`` is None; sampling
     (:func:`ftlab.rl.sampler`) passes its own (B, vocab) -> (B,) chooser. A row that has produced a token of ``stop_ids``
     keeps that token and is padded with ``pad_id`` afterwards; decoding ends when every row has
-    stopped or after ``max_new_tokens``. Returns (B, N) new token ids, N <= max_new_tokens —
-    never the prompt. Equal to ``model.generate(..., do_sample=False)``'s new tokens.
+    stopped or after ``max_new_tokens`` (>= 1) steps. Returns (B, N) new token ids, int64 like
+    ``input_ids``, N <= max_new_tokens — never the prompt; N < max_new_tokens exactly when every
+    row stopped earlier. Equal to ``model.generate(..., do_sample=False)``'s new tokens.
+
+    Edge cases: *every* id of ``stop_ids`` (a list of any length, in any order) ends a row —
+    test membership (``torch.isin``), not equality with one id or element by element. Only
+    generated tokens stop a row: stop ids inside the prompt (a chat prompt holds the
+    end-of-turn token of every earlier turn; a prompt may even end with one) do not. A stop
+    token produced at the last allowed step is kept. ``pad_id`` may also be an ordinary token
+    (inside a prompt, or generated): the prompt mask is ``attention_mask``, never
+    ``input_ids != pad_id``, and each step grows it by a column of ones. The model is switched
+    to eval mode (``model.eval()``: no dropout); callers restore their mode. ``input_ids`` and
+    ``attention_mask`` are not modified.
     """
     ### BEGIN SOLUTION M5.2
     model.eval()

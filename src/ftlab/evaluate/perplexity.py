@@ -41,8 +41,16 @@ def perplexity(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     assistant replies and their end-of-turn tokens); otherwise every real token
     (:func:`all_token_labels`). The logits at position ``t`` predict the label at ``t + 1``.
     ``loss`` = (sum over every scored token of all batches of ``-log p(label)``) / (number of
-    scored tokens), so a batch with more tokens weighs more — never a mean of batch means.
-    ``perplexity = exp(loss)``. Run in eval mode, float32 log-probabilities.
+    scored tokens), so a batch (or a sequence) with more tokens weighs more — never a mean of
+    batch means or of sequence means. A batch with no scored token (every label -100) adds
+    nothing to either sum: it never makes the result NaN. At least one token of all batches
+    must be scored. ``perplexity = exp(loss)``.
+
+    The model is switched to eval mode (``model.eval()``: no dropout) and left there; no
+    gradients. Log-probabilities are float32 whatever the model's dtype: cast the logits
+    (bfloat16 included) with ``.float()`` before ``log_softmax``. The batches are not modified
+    (their labels are reused by the caller). Returns plain Python numbers: ``loss`` and
+    ``perplexity`` are ``float``, ``tokens`` an ``int``.
     """
     ### BEGIN SOLUTION M5.1
     model.eval()

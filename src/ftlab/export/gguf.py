@@ -57,7 +57,8 @@ def gguf_tensor(name: str, tensor: torch.Tensor,
     ``num_key_value_heads`` are read. ``name`` is always one of the names below
     (:func:`export_gguf` checks this before calling). Nothing is read or written here.
 
-    Names (``{i}`` is the layer index, kept as is)::
+    Names (``{i}`` is the layer index, kept as is, whatever its number of digits: layer 10
+    is ``blk.10``; each module name matched exactly, never as a substring)::
 
         model.embed_tokens.weight                      token_embd.weight
         model.layers.{i}.self_attn.q_proj.weight       blk.{i}.attn_q.weight
@@ -72,8 +73,11 @@ def gguf_tensor(name: str, tensor: torch.Tensor,
         model.norm.weight                              output_norm.weight
         lm_head.weight                                 output.weight
 
-    Tensors: returned unchanged (same object, shape and values), except ``q_proj`` and
-    ``k_proj``, whose rows are permuted; the shape stays ``(n * head_dim, hidden)``.
+    Tensors: returned unchanged (same object, shape, dtype and values), except ``q_proj`` and
+    ``k_proj``, whose rows are permuted into a new tensor of the same shape
+    ``(n * head_dim, hidden)`` and dtype. The tensor passed in is never modified (it may be
+    the model's own weight). ``head_dim`` is the projection's rows // ``n``: a config may set
+    ``head_dim`` to something other than ``hidden_size / num_attention_heads``.
 
     Why the permutation: RoPE rotates pairs of coordinates of each head's query and key.
     Hugging Face's Llama pairs coordinate ``j`` with ``j + head_dim/2`` (it rotates the
@@ -83,10 +87,10 @@ def gguf_tensor(name: str, tensor: torch.Tensor,
     (``d = head_dim``): view the weight as ``(n, 2, head_dim/2, hidden)``, swap axes 1
     and 2, and view it back as ``(n * head_dim, hidden)``, with ``n`` the number of heads
     of that projection: ``num_attention_heads`` for ``q_proj``, ``num_key_value_heads``
-    for ``k_proj`` (grouped-query attention). ``v_proj`` is not rotated and not permuted.
-    This is ``permute`` in llama.cpp's ``convert_hf_to_gguf.py``; transformers' GGUF
-    loader applies the inverse when it reads ``attn_q``/``attn_k``. Without it the file
-    still loads, and every attention score is wrong.
+    for ``k_proj`` (grouped-query attention; not the group size). ``v_proj`` is not
+    rotated and not permuted. This is ``permute`` in llama.cpp's ``convert_hf_to_gguf.py``;
+    transformers' GGUF loader applies the inverse when it reads ``attn_q``/``attn_k``.
+    Without it the file still loads, and every attention score is wrong.
     """
     ### BEGIN SOLUTION M5.4
     outside_blocks = {"model.embed_tokens.weight": "token_embd.weight",

@@ -33,12 +33,20 @@ class MergeResult:
 def merge_and_verify(model: nn.Module, input_ids: torch.Tensor) -> MergeResult:
     """Merge a *copy* of ``model``'s adapters into its base weights and measure the merge.
 
-    ``model``: a model with LoRA adapters (``ftlab.lora``; plain or 4-bit bases), left as it
-    is. ``input_ids``: (batch, length) token ids to compare on. Returns the merged copy —
-    every adapted layer a float32 ``nn.Linear`` (or the base's own layer type, cast back to
-    the base dtype) with no adapters and no 4-bit layers left — and the max |logit
-    difference| (float32) between the merged copy and the adapted ``model`` on
-    ``input_ids``, both in eval mode.
+    ``model``: a model with LoRA adapters (``ftlab.lora``; plain or 4-bit bases, float32 or
+    bfloat16, ``nn.Linear`` or GPT-2 ``Conv1D``), possibly in train mode with dropout. Its
+    weights and adapters are left as they are (it is only switched to eval mode): it is the
+    reference the merge is checked against. ``input_ids``: (batch, length) token ids to
+    compare on.
+
+    Returns the merged copy, in eval mode — every adapted layer replaced by its base layer
+    holding ``W + (alpha/r) B A`` computed in float32 and cast back once to the base
+    layer's dtype (same layer type; a ``Conv1D`` keeps its transposed (in, out) storage), or
+    for a 4-bit base a float32 ``nn.Linear`` holding the dequantized ``W`` plus the update; no
+    adapters and no 4-bit layers left — and ``max_logit_diff``, a Python ``float``: the
+    largest absolute difference ``max |merged - adapted|`` over every position and every
+    vocabulary entry of the float32 logits of the merged copy and of the adapted ``model`` on
+    ``input_ids``, both in eval mode (not a mean, not a signed max).
     """
     ### BEGIN SOLUTION M5.3
     model.eval()
