@@ -27,12 +27,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, PretrainedConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
 from ftlab.errors import ArtifactError
 from ftlab.lora import lora_layers
+from ftlab.progress import progress_bar
 
 TENSOR_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
@@ -173,7 +173,8 @@ def export_gguf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path
     _add_tokenizer(writer, tokenizer, config, tokens, merges, pre)
     counts: Counter[str] = Counter()
     seen: dict[str, str] = {}
-    for hf_name, weight in tqdm(parameters.items(), desc="GGUF tensors", disable=not progress):
+    for hf_name, weight in progress_bar(parameters.items(), desc="GGUF tensors",
+                                        disable=not progress):
         name, weight = gguf_tensor(hf_name, weight.detach().float().cpu(), config)
         if name in seen:
             raise ArtifactError(f"{hf_name} and {seen[name]} both map to the GGUF tensor "
