@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, get_cosine_with_min_lr_schedule_with_warmup
@@ -23,7 +25,7 @@ from ftlab.models.tiny import tiny_config, tiny_examples
 from ftlab.train import (BatchLoader, Checkpoint, EarlyStopping, Trainer, accumulate_gradients,
                          clip_and_step, count_targets, lr_factor, restore_training_state,
                          target_loss_sum)
-from ftlab.train.checkpoint import rng_state, trainable_weights
+from ftlab.train.checkpoint import rng_state, set_rng_state, trainable_weights
 from ftlab.train.objective import SFTObjective
 from ftlab.train.step import Accumulated, StepOutcome
 
@@ -67,11 +69,15 @@ def _transformers_factors(total, warmup, floor):
 
 
 def _factors(steps, total, warmup, floor):
-    with explained(task="M4.1", what=f"lr_factor(step, {total}, {warmup}, {floor})",
-                   expected="a float for every step",
-                   cause="warm-up divides by warmup_steps only while step < warmup_steps; the "
-                         "decay divides by max(1, total_steps - warmup_steps)"):
-        return [float(lr_factor(s, total, warmup, floor)) for s in steps]
+    factors = []
+    for step in steps:
+        with explained(task="M4.1", what=f"lr_factor({step}, {total}, {warmup}, {floor})",
+                       expected="a float",
+                       cause="warm-up divides by warmup_steps only while step < warmup_steps "
+                             "(warmup_steps may be 0); the decay divides by max(1, total_steps "
+                             "- warmup_steps), which is 0 when warm-up fills the schedule"):
+            factors.append(float(lr_factor(step, total, warmup, floor)))
+    return factors
 
 
 def _warmup_cause(ours, warmup):
@@ -91,13 +97,30 @@ def _decay_cause(ours, total, warmup, floor, first):
     def cosine(progress, low):
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     steps = range(warmup, total + 1)
+    span = max(1, total - warmup)
     shapes = {
         "cosine decays to zero, floor ignored: the factor falls to min_lr_ratio at total_steps, "
         "not to 0 — scale the cosine into [min_lr_ratio, 1]":
-            [cosine((s - warmup) / max(1, total - warmup), 0.0) for s in steps],
+            [cosine((s - warmup) / span, 0.0) for s in steps],
         "decay progress counted from step 0: progress = (step - warmup_steps) / (total_steps - "
         "warmup_steps), so the decay starts at 1 right after warm-up":
             [cosine(s / total, floor) for s in steps],
+        "the floor clamps the cosine instead of scaling it: max(min_lr_ratio, cosine) has a "
+        "kink where the cosine crosses the floor; the decay is min_lr_ratio + (1 - "
+        "min_lr_ratio) * 0.5 * (1 + cos(pi * progress))":
+            [max(floor, cosine((s - warmup) / span, 0.0)) for s in steps],
+        "decay measured over total_steps: progress divides by the decay's own length, "
+        "total_steps - warmup_steps, so the floor is reached exactly at total_steps":
+            [cosine((s - warmup) / max(1, total), floor) for s in steps],
+        "off-by-one in the decay: progress is (step - warmup_steps) / (total_steps - "
+        "warmup_steps) — 0 exactly at the end of warm-up, 1 exactly at total_steps":
+            [cosine((s - warmup + 1) / span, floor) for s in steps],
+        "off-by-one in the decay: it must reach the floor exactly at total_steps, dividing by "
+        "total_steps - warmup_steps (not one step less)":
+            [cosine((s - warmup) / max(1, total - warmup - 1), floor) for s in steps],
+        "linear decay: the decay follows a cosine, 0.5 * (1 + cos(pi * progress)), from 1 down "
+        "to the floor":
+            [floor + (1 - floor) * (1 - min(1.0, (s - warmup) / span)) for s in steps],
     }
     fits = [cause for cause, want in shapes.items()
             if all(math.isclose(ours[s], w, abs_tol=1e-9) for s, w in zip(steps, want))]
@@ -107,7 +130,7 @@ def _decay_cause(ours, total, warmup, floor, first):
 
 
 @pytest.mark.parametrize("total,warmup,floor", [(20, 5, 0.1), (12, 0, 0.0), (7, 3, 0.5),
-                                                (100, 10, 0.1)])
+                                                (100, 10, 0.1), (4, 4, 0.2), (6, 1, 1.0)])
 def test_m4_1_schedule_equals_transformers(total, warmup, floor):
     ours = _factors(range(total + 1), total, warmup, floor)
     want = _transformers_factors(total, warmup, floor)
@@ -148,11 +171,26 @@ def uneven():
 
 
 def _accumulate(model, parts, what):
+    before = _snapshot_batches(parts)
     with explained(task="M4.2", what=f"accumulate_gradients over {what}",
                    expected="an Accumulated(loss, targets) and gradients on the trained weights",
                    cause="each micro-batch dict goes whole to target_loss_sum(model, mb); "
                          "count_targets(mb) counts its trained tokens; backward() each part"):
-        return accumulate_gradients(model, parts)
+        got = accumulate_gradients(model, parts)
+    expect(_unchanged(parts, before), task="M4.2", what=f"the micro-batches after the step, {what}",
+           expected="unchanged (same keys, same tensors)", got="modified",
+           cause="accumulate_gradients reads its micro-batches: pop nothing, write nothing "
+                 "into them (the trainer may log or reuse them)")
+    return got
+
+
+def _snapshot_batches(parts):
+    return [{k: v.clone() for k, v in p.items()} for p in parts]
+
+
+def _unchanged(parts, before):
+    return all(p.keys() == b.keys() and all(torch.equal(p[k], b[k]) for k in b)
+               for p, b in zip(parts, before))
 
 
 def _loss_cause(model, parts, got_loss):
@@ -160,7 +198,7 @@ def _loss_cause(model, parts, got_loss):
     with torch.no_grad():
         sums = [float(target_loss_sum(model, p)) for p in parts]
     counts = [count_targets(p) for p in parts]
-    means = [s / c for s, c in zip(sums, counts)]
+    means = [s / c if c else math.nan for s, c in zip(sums, counts)]
     figures = {
         f"averaging micro-batch means: with trained tokens per micro-batch {counts}, each "
         "micro-batch must contribute its loss SUM divided by the trained tokens of the whole "
@@ -172,6 +210,11 @@ def _loss_cause(model, parts, got_loss):
         "(count_targets summed over the micro-batches)": sum(sums),
         "divided by the number of micro-batches instead of the trained tokens: N is the "
         "count of trained tokens of the whole step": sum(sums) / len(parts),
+        "only the last micro-batch's part kept in the reported loss: add every part "
+        "(loss += part.item(), not =)": sums[-1] / sum(counts) if len(parts) > 1 else math.nan,
+        "divided by every real token (attention_mask), prompt included: N counts the trained "
+        "tokens only, labels other than -100 after the shift (count_targets)":
+            sum(sums) / sum(int(p["attention_mask"].sum()) for p in parts),
     }
     fits = [cause for cause, figure in figures.items()
             if math.isclose(got_loss, figure, rel_tol=1e-5)]
@@ -180,8 +223,23 @@ def _loss_cause(model, parts, got_loss):
                          "added up (return the sum of the parts you backpropagated)")
 
 
-def _grad_cause(got, want):
-    """Why the gradients differ while the reported loss is right: a uniform scale, or not."""
+def _last_part_grads(model, parts):
+    """The gradients left when the step's gradients are zeroed before each micro-batch."""
+    total = sum(count_targets(p) for p in parts)
+    model.zero_grad(set_to_none=True)
+    (target_loss_sum(model, parts[-1]) / total).backward()
+    return _grads(model)
+
+
+def _grad_cause(got, want, model=None, parts=None):
+    """Why the gradients differ while the reported loss is right: a uniform scale, gradients
+    zeroed between micro-batches (checked when ``model`` and ``parts`` are given), or not."""
+    if model is not None and len(parts) > 1:
+        last = _last_part_grads(model, parts)
+        if all(n in got and torch.allclose(got[n], last[n], rtol=1e-4, atol=1e-6) for n in last):
+            return ("gradients zeroed between micro-batches: only the last micro-batch's "
+                    "gradient is left; backward() adds into .grad — let it accumulate over "
+                    "the whole step and never zero_grad inside it")
     dot = sum(float((got[n] * want[n]).sum()) for n in want if n in got)
     norm = sum(float((w * w).sum()) for w in want.values())
     scale = dot / norm if norm else math.nan
@@ -219,7 +277,7 @@ def test_m4_2_accumulation_equals_one_big_batch(uneven, micro):
     expect(not bad, task="M4.2", what=f"gradients, {what}, vs one big batch",
            expected="equal on every trained weight",
            got=f"{len(bad)} of {len(want)} differ (first: {bad[0] if bad else None})",
-           cause=_grad_cause(grads, want))
+           cause=_grad_cause(grads, want, model, parts) if bad else "")
 
 
 def test_m4_2_loss_is_the_token_mean(uneven):
@@ -238,6 +296,110 @@ def test_m4_2_loss_is_the_token_mean(uneven):
            cause="call backward() on each micro-batch's part of the loss")
 
 
+def _all_trained(example):
+    """``example`` with every label trained, the first position's too (nothing predicts it)."""
+    return {"input_ids": example["input_ids"], "labels": list(example["input_ids"])}
+
+
+def _none_trained(example):
+    """``example`` with every label ignored: a placeholder row, or a prompt with its response
+    truncated away."""
+    return {"input_ids": example["input_ids"], "labels": [-100] * len(example["input_ids"])}
+
+
+def _slow_count(examples):
+    """Trained tokens counted one label at a time: labels after the first of each row."""
+    return sum(label != -100 for e in examples for label in e["labels"][1:])
+
+
+SPLITS = {
+    "labels trained from the first position of each row": lambda u: [
+        [_all_trained(u[0]), _all_trained(u[1])], [_all_trained(u[2])]],
+    "a micro-batch with no trained token between two others": lambda u: [
+        [u[0]], [_none_trained(u[1])], [u[2], u[3]]],
+}
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_m4_2_edge_micro_batches_equal_one_big_batch(uneven, split):
+    groups = SPLITS[split](uneven)
+    examples = [e for group in groups for e in group]
+    model = _model()
+    whole = right_pad(examples, PAD)
+    want_targets = _slow_count(examples)
+    (target_loss_sum(model, whole) / want_targets).backward()
+    want_grads = _grads(model)
+    with torch.no_grad():
+        want_loss = float(target_loss_sum(model, whole)) / want_targets
+    model.zero_grad(set_to_none=True)
+    parts = [right_pad(group, PAD) for group in groups]
+    got = _accumulate(model, parts, f"micro-batches with {split}")
+    counts = [count_targets(p) for p in parts]
+    no_shift = sum(int((p["labels"] != -100).sum()) for p in parts)
+    expect(got.targets == want_targets and type(got.targets) is int, task="M4.2",
+           what=f"trained tokens of the step, {split}",
+           expected=f"{want_targets} (an int: per micro-batch {counts})",
+           got=f"{got.targets!r} ({type(got.targets).__name__})",
+           cause=("counted the first label of each row: labels are shifted — position t "
+                  "predicts labels[t + 1], so the first label is never a target; "
+                  "count_targets(mb) counts labels[:, 1:]" if got.targets == no_shift else
+                  "targets is a Python int, the trained tokens summed over the micro-batches "
+                  "(count_targets returns an int; a tensor's .sum() does not)"
+                  if got.targets == want_targets else
+                  "counted every real token (attention_mask), prompt included: only labels "
+                  "other than -100 after the shift are trained (count_targets)"
+                  if got.targets == sum(int(p["attention_mask"].sum()) for p in parts) else
+                  "N is count_targets summed over every micro-batch of the step"))
+    expect(type(got.loss) is float and math.isfinite(got.loss), task="M4.2",
+           what=f"step loss, {split}", expected=f"a finite Python float ({want_loss:.6f})",
+           got=f"{got.loss!r} ({type(got.loss).__name__})",
+           cause=("a micro-batch with no trained token must contribute 0, not nan: divide "
+                  "its loss SUM by the trained tokens of the whole step, never by its own "
+                  f"count (0 here; per micro-batch {counts})"
+                  if isinstance(got.loss, float) and math.isnan(got.loss) else
+                  "the loss is a Python float: add part.item() (a tensor would keep every "
+                  "micro-batch's graph alive and cannot be logged)"))
+    expect(math.isclose(got.loss, want_loss, rel_tol=1e-5), task="M4.2",
+           what=f"step loss, {split}", expected=f"{want_loss:.6f} (one big batch)",
+           got=f"{got.loss:.6f}", cause=_loss_cause(model, parts, got.loss))
+    grads = _grads(model)
+    bad = [n for n in want_grads if n not in grads
+           or not torch.allclose(grads[n], want_grads[n], rtol=1e-4, atol=1e-6)]
+    expect(not bad, task="M4.2", what=f"gradients, {split}, vs one big batch",
+           expected="equal on every trained weight",
+           got=f"{len(bad)} of {len(want_grads)} differ (first: {bad[0] if bad else None})",
+           cause=_grad_cause(grads, want_grads, model, parts) if bad else "")
+
+
+def test_m4_2_no_trained_token_gives_nan_and_no_backward(uneven):
+    model = _model()
+    parts = [right_pad([_none_trained(uneven[0])], PAD),
+             right_pad([_none_trained(e) for e in uneven[1:3]], PAD)]
+    got = _accumulate(model, parts, "2 micro-batches without a trained token")
+    touched = [n for n, p in model.named_parameters() if p.grad is not None]
+    expect(got.targets == 0 and isinstance(got.loss, float) and math.isnan(got.loss),
+           task="M4.2", what="a step without a single trained token",
+           expected="Accumulated(loss=nan, targets=0)", got=f"loss {got.loss!r}, targets "
+           f"{got.targets!r}",
+           cause="with no trained token the step's mean is 0 / 0: report loss nan (the step "
+                 "is then skipped) and targets 0; a 0.0 would look like a perfect step")
+    expect(not touched, task="M4.2", what="gradients after a step without a trained token",
+           expected="none (no backward runs)", got=f"gradients on {len(touched)} weights",
+           cause="with no trained token, return before any backward: dividing the loss sums "
+                 "by N = 0 backpropagates nan into every gradient")
+
+
+def test_m4_2_keeps_the_model_in_training_mode(uneven):
+    model = _model(dropout=0.1)
+    _accumulate(model, [right_pad(uneven[:2], PAD)], "one micro-batch, model in training mode")
+    evaluating = [n for n, m in model.named_modules() if not m.training]
+    expect(not evaluating, task="M4.2", what="model mode after accumulate_gradients",
+           expected="still training (as the trainer set it)",
+           got=f"{len(evaluating)} modules in eval mode, e.g. {evaluating[:2]}",
+           cause="accumulate_gradients trains: leave the mode alone — model.eval() turns "
+                 "dropout off, so the step trains a different model than the one configured")
+
+
 # -- M4.3 -------------------------------------------------------------------------------
 
 def _one_param(grad):
@@ -249,8 +411,10 @@ def _one_param(grad):
 def _clip_and_step(opt, param, loss):
     with explained(task="M4.3", what=f"clip_and_step with loss {loss} and gradient "
                    f"{param.grad.tolist()}", expected="a StepOutcome(grad_norm, stepped)",
-                   cause="clip with torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm), "
-                         "test the loss with math.isfinite, return StepOutcome"):
+                   cause="clip with torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm) "
+                         "(error_if_nonfinite left False: a non-finite norm skips the step, it "
+                         "does not raise), test the loss with math.isfinite, return "
+                         "StepOutcome"):
         return clip_and_step(opt, [param], max_grad_norm=1.0, loss=loss)
 
 
@@ -277,6 +441,9 @@ def test_m4_3_clips_before_the_step_and_reports_the_pre_clip_norm():
                  "clip first, then optimizer.step()")
     elif not moved.any():
         cause = "the parameter did not move: call optimizer.step() after clipping"
+    elif torch.allclose(moved, torch.tensor([-1.0, -1.0])):
+        cause = ("clipped value by value (clip_grad_value_): clipping bounds the L2 norm of all "
+                 "the gradients together and keeps their direction")
     else:
         cause = ("the update must use the gradient clipped to norm 1: (6, 8) / 10, one SGD "
                  "step of lr 1 from 0")
@@ -288,7 +455,8 @@ def test_m4_3_clips_before_the_step_and_reports_the_pre_clip_norm():
 
 
 @pytest.mark.parametrize("loss,grad", [(math.nan, [1.0, 1.0]), (math.inf, [1.0, 1.0]),
-                                       (1.0, [math.inf, 1.0])])
+                                       (-math.inf, [1.0, 1.0]), (1.0, [math.inf, 1.0]),
+                                       (1.0, [math.nan, 1.0])])
 def test_m4_3_non_finite_skips_the_step(loss, grad):
     param = _one_param(grad)
     opt = torch.optim.AdamW([param], lr=0.1)
@@ -296,7 +464,8 @@ def test_m4_3_non_finite_skips_the_step(loss, grad):
     touched = bool(param.detach().any()) or bool(opt.state)
     if math.isfinite(loss):
         cause = ("non-finite gradient norm not checked: the loss is finite but clip_grad_norm_ "
-                 "returned inf — skip optimizer.step() when the norm is not finite either")
+                 f"returned {sum(g * g for g in grad) ** 0.5} — skip optimizer.step() when the "
+                 "norm is not finite either (math.isfinite: inf and nan; nan == inf is False)")
     else:
         cause = (f"non-finite loss not checked: with loss {loss}, skip optimizer.step() — one "
                  "nan update poisons every weight and Adam's moments for good")
@@ -310,6 +479,92 @@ def test_m4_3_non_finite_skips_the_step(loss, grad):
     expect(param.grad is None or not param.grad.any(), task="M4.3",
            what="gradient after a skipped step", expected="zeroed", got=param.grad,
            cause="zero the gradients of a skipped step too, or they leak into the next one")
+    if loss != loss or abs(loss) == math.inf:  # skipped for its loss: nothing was measured
+        expect(isinstance(out.grad_norm, float) and math.isnan(out.grad_norm), task="M4.3",
+               what=f"grad_norm reported for a step skipped for its loss {loss}",
+               expected="nan", got=repr(out.grad_norm),
+               cause="a non-finite loss skips the step before anything is measured: report "
+                     "grad_norm nan (the spec's StepOutcome), not a norm of the gradients "
+                     "that loss produced")
+
+
+def _sgd_step(grads, max_grad_norm):
+    """One parameter per gradient (zeros), an SGD optimizer of lr 1, clip_and_step with loss
+    1.0; the outcome and the parameters after it."""
+    params = [_one_param(g) for g in grads]
+    opt = torch.optim.SGD(params, lr=1.0)
+    with explained(task="M4.3", what=f"clip_and_step with gradients {grads}, max_grad_norm "
+                   f"{max_grad_norm}", expected="a StepOutcome(grad_norm, stepped)",
+                   cause="clip every parameter of the list together: "
+                         "torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)"):
+        out = clip_and_step(opt, params, max_grad_norm=max_grad_norm, loss=1.0)
+    return out, [p.detach().tolist() for p in params]
+
+
+def _updates(grads, scale_of):
+    return [[-g * scale_of(i) for g in grad] for i, grad in enumerate(grads)]
+
+
+def _clip_cause(grads, max_grad_norm, got):
+    """The known clipping mistakes whose update equals ``got`` (SGD lr 1 from 0)."""
+    norms = [math.sqrt(sum(g * g for g in grad)) for grad in grads]
+    total = math.sqrt(sum(n * n for n in norms))
+    shapes = {
+        "each parameter clipped on its own norm: clipping bounds the GLOBAL norm over all "
+        "parameters together, one scale for every gradient — pass the whole list to "
+        "clip_grad_norm_": _updates(grads, lambda i: min(1.0, max_grad_norm / norms[i])),
+        "only the first parameter was clipped: clip_grad_norm_ takes the whole parameter list":
+            _updates(grads, lambda i: min(1.0, max_grad_norm / norms[0]) if i == 0 else 1.0),
+        "gradients scaled although their norm was within max_grad_norm: clipping only ever "
+        "shrinks, scale = min(1, max_grad_norm / norm)":
+            _updates(grads, lambda i: max_grad_norm / total),
+        "gradients not clipped: scale them to norm max_grad_norm before optimizer.step()":
+            _updates(grads, lambda i: 1.0),
+        "clipped value by value (clip_grad_value_): clipping bounds the L2 norm of all the "
+        "gradients together and keeps their direction": [
+            [-max(-max_grad_norm, min(max_grad_norm, g)) for g in grad] for grad in grads],
+    }
+    want = _updates(grads, lambda i: min(1.0, max_grad_norm / total))
+    fits = [cause for cause, update in shapes.items() if update != want and all(
+        math.isclose(a, b, abs_tol=1e-5) for u, v in zip(update, got) for a, b in zip(u, v))]
+    return _one_of(fits, "one scale for every gradient, min(1, max_grad_norm / global L2 "
+                         "norm), applied before optimizer.step()")
+
+
+CLIPS = {"two parameters, global norm 13 > 1": ([[3.0, 4.0], [0.0, 12.0]], 1.0),
+         "three parameters, global norm 13 > 6.5": ([[3.0], [4.0], [12.0]], 6.5),
+         "norm 0.5, below max_grad_norm 1": ([[0.3, 0.4]], 1.0),
+         "norm exactly max_grad_norm": ([[0.6, 0.8]], 1.0)}
+
+
+@pytest.mark.parametrize("case", list(CLIPS))
+def test_m4_3_clips_the_global_norm_of_every_parameter(case):
+    grads, max_grad_norm = CLIPS[case]
+    norm = math.sqrt(sum(g * g for grad in grads for g in grad))
+    want = _updates(grads, lambda i: min(1.0, max_grad_norm / norm))
+    out, got = _sgd_step(grads, max_grad_norm)
+    ok = all(math.isclose(a, b, abs_tol=1e-5) for u, v in zip(want, got) for a, b in zip(u, v))
+    expect(out.stepped and ok, task="M4.3",
+           what=f"parameters after one SGD step (lr 1, from 0), {case}",
+           expected=want, got=got, cause=_clip_cause(grads, max_grad_norm, got)
+           if out.stepped else "a finite loss and gradient norm must step")
+    norms = {"the norm after clipping": min(norm, max_grad_norm),
+             "the first parameter's norm only": math.sqrt(sum(g * g for g in grads[0])),
+             "the sum of the parameters' norms": sum(math.sqrt(sum(g * g for g in grad))
+                                                     for grad in grads)}
+    wrong = [name for name, value in norms.items() if not math.isclose(value, norm)
+             and math.isclose(float(out.grad_norm), value, rel_tol=1e-5)]
+    expect(type(out.grad_norm) is float and math.isclose(out.grad_norm, norm, rel_tol=1e-5),
+           task="M4.3", what=f"grad_norm reported, {case}",
+           expected=f"{norm:g} (a Python float: the global L2 norm before clipping)",
+           got=f"{out.grad_norm!r} ({type(out.grad_norm).__name__})",
+           cause=(f"reported {wrong[0]}: report the norm before clipping, over all parameters "
+                  "together (what clip_grad_norm_ returns)" if wrong else
+                  "grad_norm is a Python float: clip_grad_norm_ returns a tensor — "
+                  "float(...) it; the trainer writes it into a JSON metrics file"
+                  if math.isclose(float(out.grad_norm), norm, rel_tol=1e-5) else
+                  "the global L2 norm of all gradients before clipping: sqrt of the sum of "
+                  "every squared gradient entry"))
 
 
 # -- M4.4 -------------------------------------------------------------------------------
@@ -372,24 +627,42 @@ def resumed():
     _train_steps(*original, 2)
     checkpoint = _snapshot(original[0], *original[2:])
     fresh = _objects(examples)
-    torch.manual_seed(1234)  # a new process starts from some other RNG state
+    torch.manual_seed(1234)  # a new process starts from some other RNG state, in every RNG
+    random.seed(1234)
+    np.random.seed(1234)
     with explained(task="M4.4", what="restore_training_state(checkpoint, model, optimizer, "
                    "scheduler, loader)", expected="the run put back, the trainer counters "
                    "returned", cause="checkpoint.weights maps parameter names to tensors; "
                    "checkpoint.state holds 'optimizer', 'scheduler', 'data', 'rng', 'trainer'"):
+        before = {key: copy.copy(value) for key, value in checkpoint.state.items()}
         returned = restore_training_state(checkpoint, fresh[0], fresh[2], fresh[3], fresh[4])
-    after_restore = torch.rand(4)
-    torch.set_rng_state(checkpoint.state["rng"]["torch"])
-    return original, fresh, checkpoint, returned, (after_restore, torch.rand(4))
+    after_restore = _draws()
+    set_rng_state(checkpoint.state["rng"])
+    return original, fresh, checkpoint, (returned, before), (after_restore, _draws())
+
+
+def _draws():
+    """One draw of each RNG a run may use (dropout: torch; data tools: Python, NumPy)."""
+    return {"torch": torch.rand(3).tolist(), "python": [random.random() for _ in range(3)],
+            "numpy": np.random.rand(3).tolist()}
 
 
 def test_m4_4_restores_weights_and_optimizer(resumed):
-    original, fresh, checkpoint, returned, _ = resumed
+    original, fresh, checkpoint, (returned, before), _ = resumed
     for (name, p), q in zip(original[0].named_parameters(), fresh[0].parameters()):
         if p.requires_grad:
             expect_close(q.detach(), p.detach(), task="M4.4", what=f"restored {name}",
-                         cause="copy every tensor of checkpoint.weights into the parameter of "
-                               "the same name", atol=0, rtol=0)
+                         cause="weights not restored: copy every tensor of checkpoint.weights "
+                               "into the parameter of the same name", atol=0, rtol=0)
+    held = {id(p) for group in fresh[2].param_groups for p in group["params"]}
+    replaced = [n for n, p in fresh[0].named_parameters() if p.requires_grad and id(p) not in held]
+    expect(not replaced, task="M4.4", what="the optimizer's parameters after restoring",
+           expected="the model's own parameters (same objects)",
+           got=f"{len(replaced)} trained parameters the optimizer no longer holds, e.g. "
+               f"{replaced[:2]}",
+           cause="parameters replaced instead of restored in place: the optimizer keeps "
+                 "stepping the old tensors; copy_ the values into the existing parameters "
+                 "under torch.no_grad()")
     saved, got = original[2].state_dict()["state"], fresh[2].state_dict()["state"]
     expect(len(got) == len(saved) and all(torch.equal(got[k]["exp_avg"], saved[k]["exp_avg"])
                                           for k in saved),
@@ -400,18 +673,37 @@ def test_m4_4_restores_weights_and_optimizer(resumed):
     expect(fresh[3].last_epoch == original[3].last_epoch, task="M4.4",
            what="scheduler position", expected=original[3].last_epoch, got=fresh[3].last_epoch,
            cause="scheduler not restored: the learning rate would restart its warm-up")
-    expect(returned == checkpoint.state["trainer"], task="M4.4", what="returned value",
-           expected=checkpoint.state["trainer"], got=returned,
-           cause="return checkpoint.state['trainer'] (the step counter and friends)")
+    expect(checkpoint.state.keys() == before.keys() and all(
+               checkpoint.state[k] is before[k] or checkpoint.state[k] == before[k]
+               for k in ("trainer", "data")), task="M4.4",
+           what="the checkpoint after restoring from it",
+           expected=f"unchanged: keys {sorted(before)}, trainer {before['trainer']}",
+           got=f"keys {sorted(checkpoint.state)}, trainer {checkpoint.state.get('trainer')}",
+           cause="restoring reads the checkpoint: pop nothing from checkpoint.state and write "
+                 "nothing into it (the trainer may restore from it again)")
+    expect(returned == before["trainer"], task="M4.4", what="returned value",
+           expected=before["trainer"],
+           got=(f"a dict with keys {sorted(returned)}" if isinstance(returned, dict)
+                and returned.keys() != before["trainer"].keys() else repr(returned)[:200]),
+           cause="return the trainer counters, checkpoint.state['trainer'] (the step "
+                 "counter and friends), not the whole state")
 
 
 def test_m4_4_restores_rng_and_data_position(resumed):
     original, fresh, checkpoint, _, (after_restore, want_rng) = resumed
-    expect(torch.equal(after_restore, want_rng), task="M4.4",
-           what="torch.rand(4) right after restoring", expected=want_rng.tolist(),
-           got=after_restore.tolist(),
+    expect(after_restore["torch"] == want_rng["torch"], task="M4.4",
+           what="torch.rand(3) right after restoring", expected=want_rng["torch"],
+           got=after_restore["torch"],
            cause="RNG not restored: dropout masks then differ from the uninterrupted run and "
                  "the resumed run diverges; call set_rng_state(checkpoint.state['rng'])")
+    missed = [name for name in ("python", "numpy") if after_restore[name] != want_rng[name]]
+    expect(not missed, task="M4.4", what="random.random() and np.random.rand() right after "
+           "restoring", expected={n: want_rng[n] for n in missed},
+           got={n: after_restore[n] for n in missed},
+           cause=f"RNG not restored: the {' and '.join(missed)} RNG state"
+                 f"{'s were' if len(missed) > 1 else ' was'} left as the new process had it — "
+                 "torch's alone is not enough (data tools and augmentations draw from Python's "
+                 "and NumPy's); set_rng_state(checkpoint.state['rng']) restores every one")
     want, got = original[4].state_dict(), fresh[4].state_dict()
     expect(got == want, task="M4.4", what="data position (epoch, batch index)", expected=want,
            got=got, cause="data position not restored: the resumed run would repeat the first "
@@ -464,15 +756,32 @@ def _records(val_losses, train_losses=None, every=10):
             for i, (v, t) in enumerate(zip(val_losses, train_losses))]
 
 
+def _improves(value, reference, min_delta, rule):
+    """Whether ``value`` counts as an improvement on ``reference`` under ``rule`` (the spec's:
+    "strict"; the others, known mistakes)."""
+    if rule == "or equal":
+        return value <= reference - min_delta
+    if rule == "relative":
+        return value < reference * (1 - min_delta)
+    if rule == "delta added":
+        return value < reference + min_delta
+    if rule == "nan improves":
+        return not value >= reference - min_delta
+    return value < reference - min_delta
+
+
 def _behaviour(records, patience, min_delta=0.0, *, judged="val_loss", counted="evaluations",
-               resets=True, uses_delta=True, best_follows_any_fall=False):
+               resets=True, uses_delta=True, best_follows_any_fall=False, rule="strict",
+               versus="best"):
     """What early stopping does with ``records``: per-record improvement flags, the index of
     the record that stops it (None: never), then best and bad_evals. With the defaults, what
     the spec asks; each keyword changes one thing, as a known mistake does."""
-    lowest, misses, step_of_lowest, flags = math.inf, 0, 0, []
+    lowest, misses, step_of_lowest, flags, previous = math.inf, 0, 0, [], math.inf
     for index, record in enumerate(records):
         value = record[judged]
-        better = value < lowest - (min_delta if uses_delta else 0.0)
+        better = _improves(value, lowest if versus == "best" else previous,
+                           min_delta if uses_delta else 0.0, rule)
+        previous = value
         flags.append(better)
         if better:
             lowest, step_of_lowest = value, record["step"]
@@ -502,10 +811,32 @@ MISTAKES = [
     (dict(best_follows_any_fall=True),
      "best moved by a fall that did not count: best keeps the lowest validation loss that "
      "counted as an improvement (below best - min_delta); a smaller fall leaves it"),
+    (dict(rule="or equal"),
+     "an equal loss counted as an improvement (<= instead of <): a plateau — val_loss equal "
+     "to best - min_delta, or to best with min_delta 0 — is no improvement, or a run on a "
+     "plateau never stops"),
+    (dict(rule="relative"),
+     "min_delta taken as a fraction of best: it is an absolute amount of loss, "
+     "val_loss < best - min_delta"),
+    (dict(rule="delta added"),
+     "min_delta on the wrong side: an improvement must fall BELOW best - min_delta, not "
+     "merely stay under best + min_delta"),
+    (dict(rule="nan improves"),
+     "a nan validation loss counted as an improvement: nan compares false with everything, so "
+     "'not val_loss >= best - min_delta' lets it in and best becomes nan; write the test as "
+     "val_loss < best - min_delta"),
+    (dict(versus="previous"),
+     "compared with the previous evaluation instead of the best: a small recovery after a bad "
+     "evaluation is not an improvement unless it beats best - min_delta"),
 ]
 RULE = ("an evaluation improves when val_loss < best - min_delta: best = val_loss, bad_evals "
         "back to 0; any other evaluation adds 1 to bad_evals; the stop comes when bad_evals "
         "reaches patience")
+
+
+def _same(run, other):
+    """Runs compared by their text: a nan best equals a nan best."""
+    return repr(run) == repr(other)
 
 
 def _observe(records, patience, min_delta=0.0):
@@ -529,12 +860,31 @@ def _describe(run):
     return f"improvements {flags}, {where}, best {best}, bad_evals {bad}"
 
 
+def _probes():
+    """Extra runs that tell the known mistakes apart (used for the likely cause only): the
+    boundary cases, and a rise that stays within min_delta."""
+    runs = []
+    for records, patience, delta in [(_records(losses), p, d) for losses, p, d in
+                                     [*BOUNDARIES.values(), ([2.0, 2.05, 2.3], 2, 0.1)]]:
+        try:
+            runs.append((records, patience, delta, _observe(records, patience, delta)))
+        except Exception:  # noqa: BLE001 - a probe that crashes tells nothing
+            continue
+    return runs
+
+
 def _mistakes_fitting(cases):
     """The known mistakes that reproduce every observed run of ``cases``:
-    [(records, patience, min_delta, observed)]."""
+    [(records, patience, min_delta, observed)], and of the probes."""
+    def fits(change, modelled, seen):  # which best a "previous" comparison keeps varies
+        if change.get("versus") == "previous":
+            modelled, seen = modelled[:2] + modelled[3:], seen[:2] + seen[3:]
+        return _same(modelled, seen)
+
+    runs = list(cases) + _probes()
     return [cause for change, cause in MISTAKES
-            if all(_behaviour(records, patience, delta, **change) == seen
-                   for records, patience, delta, seen in cases)]
+            if all(fits(change, _behaviour(records, patience, delta, **change), seen)
+                   for records, patience, delta, seen in runs)]
 
 
 def test_m4_5_stops_when_validation_loss_stops_improving():
@@ -572,3 +922,24 @@ def test_m4_5_min_delta_and_reset():
            expected=_describe(want), got=_describe(got),
            cause=_one_of(_mistakes_fitting([(records, 3, 0.1, got)]),
                          "1.95 is not enough after 2.0 (min_delta 0.1); " + RULE))
+
+
+BOUNDARIES = {
+    "a plateau: validation loss 2.0 four times, min_delta 0, patience 2":
+        ([2.0, 2.0, 2.0, 2.0], 2, 0.0),
+    "a fall of exactly min_delta: 2.0, 1.5, 1.4 with min_delta 0.5, patience 2":
+        ([2.0, 1.5, 1.4], 2, 0.5),
+    "a recovery that does not beat the best: 2.0, 1.8, 1.9, 1.85, 1.84, patience 3":
+        ([2.0, 1.8, 1.9, 1.85, 1.84], 3, 0.0),
+    "a nan validation loss: 2.0, nan, 1.9, patience 3": ([2.0, math.nan, 1.9], 3, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(BOUNDARIES))
+def test_m4_5_boundaries_of_an_improvement(case):
+    losses, patience, min_delta = BOUNDARIES[case]
+    records = _records(losses)
+    want, got = _behaviour(records, patience, min_delta), _observe(records, patience, min_delta)
+    expect(_same(got, want), task="M4.5", what=case, expected=_describe(want),
+           got=_describe(got),
+           cause=_one_of(_mistakes_fitting([(records, patience, min_delta, got)]), RULE))

@@ -101,6 +101,11 @@ def restore_training_state(checkpoint: Checkpoint, model: nn.Module,
     RNG states (``"rng"``, via :func:`set_rng_state` — dropout masks depend on them). Return
     ``checkpoint.state["trainer"]``. Anything left out makes the resumed run diverge from an
     uninterrupted one.
+
+    Every RNG is restored: torch's (and CUDA's), Python's ``random`` and NumPy's — torch's
+    alone is not enough. The model's parameters stay the same tensor objects (the optimizer
+    holds them; new ``nn.Parameter`` objects would leave it stepping the old ones). Returns
+    the trainer counters dict only, not the whole state.
     """
     ### BEGIN SOLUTION M4.4
     params = dict(model.named_parameters())

@@ -210,6 +210,19 @@ def global_loss_divisor(local_targets: int) -> tuple[int, float]:
     ``loss_sum / (total / W)`` contributes ``W`` times its share, and the average over ``W``
     processes is ``sum over processes of grad(loss_sum) / total``: the gradient of one
     process over the whole step. With one process: ``(local_targets, local_targets)``.
+
+    Returns ``(int, float)``: ``total`` a Python int, the same exact count on every process
+    (:func:`all_sum` sums in float64; a float32 tensor loses counts above 2**24), and
+    ``divisor`` a Python float (true division: ``13 / 2`` is 6.5). ``W`` is the number of
+    processes of the whole run, :func:`ranks`'s ``world_size``, on every machine together —
+    not ``LOCAL_WORLD_SIZE`` (this machine's processes) nor a GPU count.
+
+    It is a collective: every process calls it once per step, whatever its count —
+    including a process with ``local_targets == 0`` (the placeholder row
+    :func:`rank_share` gives a process left without one), which adds 0 to the sum and gets
+    the same ``(total, divisor)`` as the others. A process that returns early leaves the
+    others waiting in the all-reduce: the run hangs. With no trained token on any process
+    the result is ``(0, 0.0)`` on every process (the caller then skips the step).
     """
     ### BEGIN SOLUTION M4.6
     world = ranks().world_size

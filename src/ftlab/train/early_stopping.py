@@ -28,6 +28,13 @@ class EarlyStopping:
         "val_loss": 1.02}``. Only ``metrics["val_loss"]`` decides: training loss keeps
         falling while the model overfits. An improvement (``val_loss < best - min_delta``)
         sets ``best`` and resets ``bad_evals`` to 0; anything else adds 1 to ``bad_evals``.
+
+        The comparison is strict and against ``best`` (not the previous evaluation):
+        ``val_loss == best - min_delta`` is no improvement, so a plateau (equal losses with
+        ``min_delta`` 0) counts as bad evaluations. ``min_delta`` is an absolute amount of
+        loss, not a fraction. A ``nan`` validation loss is never an improvement: it adds 1
+        to ``bad_evals`` and leaves ``best`` as it was. Each call counts as one evaluation,
+        whatever ``metrics["step"]`` is.
         """
         ### BEGIN SOLUTION M4.5
         loss = metrics["val_loss"]

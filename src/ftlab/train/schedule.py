@@ -22,6 +22,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: floa
     ``progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)`` clamped to at
     most 1, the factor is ``min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + cos(pi * progress))``:
     1 at the end of warm-up, ``min_lr_ratio`` at ``total_steps`` and for every step after it.
+    The floor scales the cosine (it is not a clamp): the factor falls smoothly from 1 to
+    ``min_lr_ratio``, reaching it exactly at ``total_steps``.
+
+    Edge cases: ``warmup_steps == 0`` — no warm-up, step 0 has factor 1 (nothing divides by
+    ``warmup_steps``). ``warmup_steps == total_steps`` — the decay's length counts as 1 step
+    (the ``max(1, ...)``): factor 1 at ``total_steps``, ``min_lr_ratio`` after it.
+    ``min_lr_ratio == 1`` — constant 1 after warm-up. Returns a Python float.
     """
     ### BEGIN SOLUTION M4.1
     if step < warmup_steps:

@@ -63,6 +63,14 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, torch.T
     every example, whatever the micro-batch split and however unequal the lengths. Call it
     with zeroed gradients; it does not step the optimizer. With no trained token at all the
     loss is ``nan`` and no backward runs.
+
+    Returns ``Accumulated(loss, targets)``: ``loss`` a Python float (the sum of the parts'
+    ``.item()``; no tensor, no graph kept), ``targets`` a Python int (``N``). ``N`` counts
+    labels after the shift (:func:`count_targets`): the first label of a row is never a
+    target, even when it is not ``IGNORE_INDEX``. A micro-batch with no trained token (every
+    label ignored: a placeholder row, a response truncated away) adds 0 to the loss and to the
+    gradients, never ``nan``; it is still run. The micro-batch dicts are left unmodified and
+    the model's mode (training, as the trainer set it) is not changed.
     """
     ### BEGIN SOLUTION M4.2
     total = sum(count_targets(mb) for mb in micro_batches)
@@ -95,6 +103,14 @@ def clip_and_step(optimizer: torch.optim.Optimizer, parameters: list[nn.Paramete
     next step starts clean. Otherwise scale the gradients so their global L2 norm is at
     most ``max_grad_norm`` *before* ``optimizer.step()``. Gradients end zeroed
     (``set_to_none=True``) either way. Reports the pre-clip norm.
+
+    The norm is *global*: one L2 norm over every gradient entry of all ``parameters``
+    together (not one per parameter), and clipping multiplies every gradient by the same
+    ``min(1, max_grad_norm / norm)`` — gradients already within the bound are left as they
+    are (at a norm equal to it, up to ``clip_grad_norm_``'s 1e-6 guard), never scaled up. ``grad_norm`` is a Python float (the
+    trainer writes it to JSON): the pre-clip norm; ``nan`` when the loss is not finite (the
+    step is skipped before anything is measured); the non-finite norm itself (inf or nan)
+    when the gradients are not finite.
     """
     ### BEGIN SOLUTION M4.3
     if not math.isfinite(loss):
