@@ -654,6 +654,14 @@ def test_m4_4_restores_weights_and_optimizer(resumed):
             expect_close(q.detach(), p.detach(), task="M4.4", what=f"restored {name}",
                          cause="weights not restored: copy every tensor of checkpoint.weights "
                                "into the parameter of the same name", atol=0, rtol=0)
+    shared = [n for n, p in fresh[0].named_parameters() if n in checkpoint.weights
+              and p.data_ptr() == checkpoint.weights[n].data_ptr()]
+    expect(not shared, task="M4.4", what="the restored parameters' storage",
+           expected="their own memory, holding copies of checkpoint.weights",
+           got=f"{len(shared)} parameters share memory with the checkpoint, e.g. {shared[:2]}",
+           cause="weights rebound (p.data = value) instead of copied: each parameter now is the "
+                 "checkpoint's tensor (its device and dtype), and training would overwrite the "
+                 "checkpoint; copy_ the values into the parameters under torch.no_grad()")
     held = {id(p) for group in fresh[2].param_groups for p in group["params"]}
     replaced = [n for n, p in fresh[0].named_parameters() if p.requires_grad and id(p) not in held]
     expect(not replaced, task="M4.4", what="the optimizer's parameters after restoring",

@@ -10,6 +10,9 @@ from ftlab.course.wrong import WrongAnswer, variant
 ROOT = Path(__file__).resolve().parents[2]
 
 WRONG_ANSWERS = [
+    WrongAnswer(task="M4.4", label="weights rebound with .data (the parameters alias the checkpoint)",
+                message_contains=("weights rebound",),
+                code=variant(ROOT, "M4.4", "params[name].copy_(value)", "params[name].data = value")),
     WrongAnswer(task="M4.1", label="off-by-one at the warm-up end",
                 message_contains=("off-by-one",),
                 code=variant(ROOT, "M4.1", "return step / warmup_steps",
