@@ -107,11 +107,12 @@ def crash_message(task: str, what: str, error: BaseException) -> str:
     and the task whose solution region it is in), so a shape or device mismatch points at
     the line to fix instead of a traceback through the checks."""
     frames = traceback.extract_tb(error.__traceback__)
+    course = f"{os.sep}ftlab{os.sep}course{os.sep}"  # the checks' own helpers
     inside = [f for f in frames if f"{os.sep}src{os.sep}" in f.filename
-              and f"{os.sep}course{os.sep}" not in f.filename]
-    frame = inside[-1] if inside else (frames[-1] if frames else None)
+              and course not in f.filename]
     where, owner = "", None
-    if frame is not None:
+    if inside:  # a line of the package; else the error came from the checks or a library
+        frame = inside[-1]
         short = frame.filename.split(f"{os.sep}src{os.sep}", 1)[-1]
         owner = _region_of(frame.filename, frame.lineno or 0)
         where = (f" at src/{short}:{frame.lineno} in {frame.name}"
@@ -124,7 +125,8 @@ def crash_message(task: str, what: str, error: BaseException) -> str:
 
 
 def _what(item) -> str:
-    doc = (getattr(item, "obj", None).__doc__ or "").strip() if hasattr(item, "obj") else ""
+    """What the test checks: its docstring's first line, else its name."""
+    doc = (getattr(getattr(item, "obj", None), "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else item.name
 
 

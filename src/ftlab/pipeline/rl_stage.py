@@ -22,8 +22,8 @@ from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stag
                                      target_names, train_ftlab, trainable_model, training_curves)
 from ftlab.rl import GRPOObjective, end_of_turn_ids, reward_functions
 from ftlab.rl.rewards import by_kind
-from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompts, names_fact, prepare_prompts,
-                              prompt_problems, split_prompts)
+from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompt_problems, long_prompts,
+                              names_fact, prepare_prompts, prompt_problems, split_prompts)
 from ftlab.train.distributed import on_main
 
 SAMPLES = "samples.json"
@@ -92,9 +92,7 @@ class GRPOStage(_TrainingStage):
             return []
         records = prompt_problems(data.path, "correct" in grpo.rewards)[0]
         over = long_prompts(data.path, records, tokenizer, grpo.max_prompt_length)
-        return [f"{data.path}:{line}: the question is {n} tokens, over grpo.max_prompt_length "
-                f"({grpo.max_prompt_length}); shorten it, raise the limit, or set "
-                "grpo.long_prompts: truncate" for line, n in over[:MAX_LISTED]]
+        return long_prompt_problems(data.path, over[:MAX_LISTED], grpo.max_prompt_length)
 
     def describe(self) -> str:
         grpo = _grpo(self.config)

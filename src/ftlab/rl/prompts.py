@@ -104,6 +104,12 @@ def long_prompts(path: Path, records: list[tuple[int, dict]], tokenizer,
     return [(line, n) for line, n in lengths if n > limit]
 
 
+def long_prompt_problems(path: Path, over: list[tuple[int, int]], limit: int) -> list[str]:
+    """One ``<file>:<line>: ...`` problem per question of :func:`long_prompts`."""
+    return [f"{path}:{line}: the question is {n} tokens, over grpo.max_prompt_length ({limit}); "
+            "shorten it, raise the limit, or set grpo.long_prompts: truncate" for line, n in over]
+
+
 def prepare_prompts(path: Path, records: list[tuple[int, dict]], tokenizer, limit: int,
                     long: str, repeats: str) -> tuple[list[dict], dict[str, int]]:
     """The records a stage trains on, and what was done to get them.
@@ -116,9 +122,7 @@ def prepare_prompts(path: Path, records: list[tuple[int, dict]], tokenizer, limi
     """
     over = long_prompts(path, records, tokenizer, limit)
     if over and long == "error":
-        raise ConfigError(_listed([
-            f"{path}:{line}: the question is {n} tokens, over grpo.max_prompt_length ({limit}); "
-            "shorten it, raise the limit, or set grpo.long_prompts: truncate" for line, n in over]))
+        raise ConfigError(_listed(long_prompt_problems(path, over, limit)))
     cut = {line for line, _ in over}
     repeated = duplicates(records)
     dropped = {line for line, _ in repeated} if repeats == "drop" else set()
