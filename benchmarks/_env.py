@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def environment(*packages: str) -> dict:
-    """Date, Python, platform, CPUs, torch threads, git commit and each package's version."""
+    """Date, Python, platform, CPU (model, cores, speed-relevant flags, torch's kernel set),
+    torch threads, git commit and each package's version."""
     import torch
+
+    from ftlab.hardware import cpu_description
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -25,6 +28,7 @@ def environment(*packages: str) -> dict:
     return {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cpu": cpu_description(),
+        "torch_threads": torch.get_num_threads(),
         "git_commit": commit, **{name: version(name) for name in ("torch", *packages)},
     }

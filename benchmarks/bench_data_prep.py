@@ -67,6 +67,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from _env import ROOT, environment  # noqa: E402
+
+from ftlab.paths import shown  # noqa: E402
+
 DEFAULT_DATA = ROOT / "data" / "sft" / "messages.jsonl"
 IGNORE = -100
 _NUMBER = re.compile(r"\d+")
@@ -326,7 +329,7 @@ def main(argv=None) -> int:
     report = {"environment": environment("trl", "transformers", "datasets", "tokenizers"),
               "settings": {"sizes": sizes, "max_length": args.max_length,
                            "repeats": args.repeats, "repeat_max_size": args.repeat_max_size,
-                           "budget_s": args.budget_s, "data": str(args.data),
+                           "budget_s": args.budget_s, "data": shown(args.data),
                            "trl_call": "SFTTrainer._prepare_dataset(dataset, tokenizer, args, "
                                        "packing=False, formatting_func=None, 'train')",
                            "trl_config": {"assistant_only_loss": True,

@@ -48,6 +48,11 @@ def test_doctor_reports_what_a_bug_report_needs():
                 "bitsandbytes CPU repack trap"):
         assert key in lines
     assert lines["embedded model"] == "verifies"
+    from ftlab.hardware import cpu_model
+
+    # the CPU's model and the kernel set torch chose (a bug report from an AVX2-only CPU says so)
+    assert lines["cpu"].startswith(cpu_model()), lines["cpu"]
+    assert f"torch kernels {torch.backends.cpu.get_cpu_capability()}" in lines["cpu"], lines["cpu"]
 
 
 def test_repack_trap_row_follows_version_and_cpu(monkeypatch):

@@ -9,15 +9,12 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 
 from ftlab.errors import FtlabError
-from ftlab.hardware import cpu_flags
+from ftlab.hardware import SPEED_FLAGS, cpu_flags, cpu_model
 from ftlab.paths import base_model_dir, data_dir
 from ftlab.quant.cpu_trap import cpu_has_avx512_bf16, repack_trap_applies
 
 PACKAGES = ("ftlab", "torch", "transformers", "tokenizers", "peft", "trl", "bitsandbytes",
             "accelerate", "datasets", "evaluate", "gguf", "safetensors", "numpy", "pydantic")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
 def _version(name: str) -> str:
     try:
         return version(name)
@@ -40,9 +37,11 @@ def report() -> list[tuple[str, str]]:
     rows = [("python", platform.python_version()), ("platform", platform.platform())]
     rows += [(name, _version(name)) for name in PACKAGES]
     rows += [
-        ("cpu", f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
-                f"{torch.get_num_threads()}"),
-        ("cpu features", ", ".join(f for f in CPU_FLAGS if f in cpu_flags()) or "none of " + ", ".join(CPU_FLAGS)),
+        ("cpu", f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, torch "
+                f"threads {torch.get_num_threads()}, torch kernels "
+                f"{torch.backends.cpu.get_cpu_capability()}"),
+        ("cpu features", ", ".join(f for f in SPEED_FLAGS if f in cpu_flags())
+         or "none of " + ", ".join(SPEED_FLAGS)),
         ("cuda", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
                  if torch.cuda.is_available() else "not available (CPU only)"),
         ("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "unset")),

@@ -18,6 +18,7 @@ never imports the ``ftlab`` package it would otherwise hand to its children.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -31,8 +32,12 @@ from pathlib import Path
 PRELOAD = ("numpy", "torch", "safetensors.torch", "tokenizers", "transformers",
            "transformers.modeling_utils", "transformers.models.llama.modeling_llama",
            "transformers.models.gpt2.modeling_gpt2", "peft", "pydantic", "yaml", "tqdm",
+           "datasets", "evaluate", "matplotlib.pyplot", "gguf", "filelock", "trl",
            "pytest", "_pytest.assertion.rewrite", "_pytest.python")
-"""Imported once by the server; a library missing here is simply imported by each child."""
+"""Imported once by the server; a library missing here is simply imported by each child.
+Every third-party library ``ftlab``'s modules import belongs here: with them preloaded, a
+child imports all of ``ftlab`` in ~0.2 s instead of ~1.2 s (measured on 2 cores), and
+``course verify`` forks a child for each of its hundreds of mutants."""
 CHILD_FAILED = 70
 """Exit code of a child that could not start pytest (its traceback is in its output)."""
 
@@ -135,6 +140,10 @@ def serve() -> None:
         except Exception:  # noqa: BLE001 - a child imports what the server could not
             pass
     assert not any(m == "ftlab" or m.startswith("ftlab.") for m in sys.modules)
+    # the preloaded libraries' objects live as long as the server: out of the collector's
+    # reach, a child's gc.collect() (pytest runs several at exit) skips them, ~0.25 s each
+    gc.collect()
+    gc.freeze()
     for line in sys.stdin:
         request = json.loads(line)
         sys.stdout.flush()

@@ -243,3 +243,4 @@ def setup_notebook() -> None:
         return
     if not any(isinstance(t, _GuardCells) for t in shell.ast_transformers):
         shell.ast_transformers.append(_GuardCells())
+    _fork_server()  # imports its libraries in the background: the first check() starts fast

@@ -96,6 +96,8 @@ def parse_text(text: str, path: str, cell: int | None = None,
     import. Notebook regions are named "your turn".
     """
     regions, problems = [], []
+    if "### BEGIN SOLUTION" not in text and "### END SOLUTION" not in text:
+        return regions, problems  # no marker can match: skip tokenizing (most files)
     where = f"{path} cell {cell}" if cell is not None else path
     comments = _comment_lines(text)
     lines = text.splitlines()
@@ -191,11 +193,19 @@ def course_files(root: Path) -> list[Path]:
     return [f for f in files if "__pycache__" not in f.parts and ".ipynb_checkpoints" not in f.parts]
 
 
-def find_regions(root: Path) -> list[Region]:
-    """Every region of the project at ``root``; raises :class:`RegionError` on any problem."""
-    regions, problems = [], []
-    for file in course_files(root):
-        rel = file.relative_to(root).as_posix()
+_parsed: dict[tuple[str, str], tuple[tuple[int, int, int], list[Region], list[str]]] = {}
+"""(file, relative name) -> (the file's stat when parsed, its regions, its problems)."""
+
+
+def _file_regions(file: Path, rel: str) -> tuple[list[Region], list[str]]:
+    """Regions and problems of one course file, parsed again only when its size, time or
+    inode changed (tokenizing every file costs ~0.3 s, and a catalogue asks once per
+    wrong answer)."""
+    st = file.stat()
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    key = (str(file), rel)
+    cached = _parsed.get(key)
+    if cached is None or cached[0] != stamp:
         if file.suffix == ".py":
             found, bad = parse_text(read_source(file), rel)
         else:
@@ -204,6 +214,15 @@ def find_regions(root: Path) -> list[Region]:
                 r, p = parse_text(source, rel, cell=index)
                 found += r
                 bad += p
+        cached = _parsed[key] = (stamp, found, bad)
+    return list(cached[1]), list(cached[2])
+
+
+def find_regions(root: Path) -> list[Region]:
+    """Every region of the project at ``root``; raises :class:`RegionError` on any problem."""
+    regions, problems = [], []
+    for file in course_files(root):
+        found, bad = _file_regions(file, file.relative_to(root).as_posix())
         regions += found
         problems += bad
     first: dict[str, Region] = {}

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,23 +168,22 @@ def tests_of_tasks(records: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def _run_mutants(root: Path, mutants: list[Mutant], targets: dict[str, list[str]], jobs: int,
-                 progress: bool) -> list[SuiteRun]:
+def _run_mutants(root: Path, mutants: list[Mutant], targets: dict[str, list[str]],
+                 servers: list[ForkServer], progress: bool) -> list[SuiteRun]:
     results: list[SuiteRun | None] = [None] * len(mutants)
     bar = progress_bar(total=len(mutants), desc="mutants", disable=not progress)
-    threads = threads_per_process(jobs)  # the workers' suites run side by side
+    jobs = len(servers)
     with tempfile.TemporaryDirectory(prefix="ftlab-verify-") as tmp:
         def worker(k: int) -> None:
             ws = _workspace(root, Path(tmp) / f"ws{k}")
-            with ForkServer(threads) as server:
-                for i in range(k, len(mutants), jobs):
-                    mutant = mutants[i]
-                    path = _apply(ws, root, mutant)
-                    try:
-                        results[i] = run_suite(ws, targets[mutant.region.task], server=server)
-                    finally:
-                        shutil.copy2(root / mutant.region.path, path)
-                    bar.update()
+            for i in range(k, len(mutants), jobs):
+                mutant = mutants[i]
+                path = _apply(ws, root, mutant)
+                try:
+                    results[i] = run_suite(ws, targets[mutant.region.task], server=servers[k])
+                finally:
+                    shutil.copy2(root / mutant.region.path, path)
+                bar.update()
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             list(pool.map(worker, range(min(jobs, len(mutants)))))
@@ -208,28 +208,42 @@ def verify(root: Path, jobs: int = 2, progress: bool = True,
     check_project(root)
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
+    threads = threads_per_process(jobs)  # the servers' suites run side by side
+    with ExitStack() as servers_open:
+        servers = [servers_open.enter_context(ForkServer(threads)) for _ in range(jobs)]
+        return _verify(root, servers, progress, tasks, wrong_file)
+
+
+def _verify(root: Path, servers: list[ForkServer], progress: bool, tasks: set[str] | None,
+            wrong_file: Path | None) -> Report:
     report = Report()
     regions = [r for r in find_regions(root) if r.cell is None]
-    reference = run_suite(root, trace=regions)
-    if reference.exit_code == 5 and not regions:
-        report.notes.append("no milestone tests and no solution regions yet: nothing to grade")
-        return report
-    if reference.broken:
-        report.problems.append(f"(a) pytest broke on the reference ({reference.broken}):\n"
-                               + reference.output[-2000:])
-        return report
-    _check_reference(reference, report)
-    path = load_path(root)
-    traced = traced_needs(reference.records)
-    if path is not None and traced != path["needs"]:
-        report.problems.append(f"(g) {PATH_FILE} says the checks of {path['needs']} need "
-                               f"other tasks, but the traced reference run shows {traced}: "
-                               "update its 'needs' (the learner README states them)")
-
-    with tempfile.TemporaryDirectory(prefix="ftlab-learner-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ftlab-learner-") as tmp, \
+            ThreadPoolExecutor(max_workers=2) as pool:
         learner = Path(tmp) / "learner"
-        release(root, learner)
-        learner_run = run_suite(learner)
+
+        def learner_suite() -> SuiteRun:
+            release(root, learner)
+            return run_suite(learner, server=servers[-1])
+
+        # the reference and the learner edition run side by side when there are two servers
+        learner_future = pool.submit(learner_suite) if len(servers) > 1 else None
+        reference = run_suite(root, trace=regions, server=servers[0])
+        learner_run = learner_future.result() if learner_future else learner_suite()
+        if reference.exit_code == 5 and not regions:
+            report.notes.append("no milestone tests and no solution regions yet: nothing to grade")
+            return report
+        if reference.broken:
+            report.problems.append(f"(a) pytest broke on the reference ({reference.broken}):\n"
+                                   + reference.output[-2000:])
+            return report
+        _check_reference(reference, report)
+        path = load_path(root)
+        traced = traced_needs(reference.records)
+        if path is not None and traced != path["needs"]:
+            report.problems.append(f"(g) {PATH_FILE} says the checks of {path['needs']} need "
+                                   f"other tasks, but the traced reference run shows {traced}: "
+                                   "update its 'needs' (the learner README states them)")
         if learner_run.broken:
             report.problems.append(f"(b) pytest broke on the learner edition "
                                    f"({learner_run.broken}):\n" + learner_run.output[-2000:])
@@ -260,7 +274,7 @@ def verify(root: Path, jobs: int = 2, progress: bool = True,
     own = {task: [r["nodeid"] for r in reference.records if r["task"] == task]
            for task in by_task}
     mutants = [m for m in mutants if own[m.region.task]]
-    runs = _run_mutants(root, mutants, own, jobs, progress)
+    runs = _run_mutants(root, mutants, own, servers, progress)
     for mutant, run in zip(mutants, runs):
         task = mutant.region.task
         failed = [r for r in run.records if r["outcome"] in ("failed", "blocked")]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftlab.errors import DataError
+from ftlab.paths import shown
 
 MAX_RECORD_CHARS = 200_000
 """Records longer than this many characters (raw text, or JSON for table rows) are rejected."""
@@ -44,7 +45,8 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could no
 class SourceRef:
     """Where a record came from.
 
-    ``file`` is the path as the caller gave it. Text formats set ``line``, the 1-based
+    ``file`` is the path as the caller gave it; printed through :func:`ftlab.paths.shown`
+    (a file of the project as ``data/...``). Text formats set ``line``, the 1-based
     physical line the record starts on; Parquet and ``datasets`` set ``row``, 0-based.
     """
 
@@ -54,11 +56,12 @@ class SourceRef:
 
     def __str__(self) -> str:
         """``data.jsonl:12``, ``data.parquet row 3``, or the bare file name."""
+        file = shown(self.file)
         if self.line is not None:
-            return f"{self.file}:{self.line}"
+            return f"{file}:{self.line}"
         if self.row is not None:
-            return f"{self.file} row {self.row}"
-        return self.file
+            return f"{file} row {self.row}"
+        return file
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,14 @@ class LoadReport:
         """Record that the record at ``where`` was refused for ``reason``."""
         self.rejected.append(Rejection(where, reason))
 
+    def _files(self) -> str:
+        return ", ".join(shown(f) for f in self.files)
+
     def summary(self) -> str:
         """Totals on the first line, then every rejection on its own indented line, in file
         order (by file, then line or row)."""
         head = (
-            f"{', '.join(self.files) or '(no files)'}: {self.total} records, "
+            f"{self._files() or '(no files)'}: {self.total} records, "
             f"{self.loaded} loaded, {len(self.rejected)} rejected; "
             f"blank lines skipped: {self.blank_lines}"
         )
@@ -125,9 +131,9 @@ class LoadReport:
         """The totals, the rejections counted by reason and the first ``first`` rejections
         (file:line and reason), indented; what a run prints for each stage's data."""
         if not self.rejected:
-            return f"{', '.join(self.files)}: {self.total} records, all loaded"
+            return f"{self._files()}: {self.total} records, all loaded"
         by_reason = ", ".join(f"{reason} {n}" for reason, n in self.reason_counts().most_common())
-        lines = [f"{', '.join(self.files)}: {self.total} records, {self.loaded} loaded, "
+        lines = [f"{self._files()}: {self.total} records, {self.loaded} loaded, "
                  f"{len(self.rejected)} rejected ({by_reason})"]
         lines += [f"  {r}" for r in self.rejected[:first]]
         if len(self.rejected) > first:

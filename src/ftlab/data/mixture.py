@@ -16,6 +16,7 @@ from ftlab.config import DataConfig
 from ftlab.data.dataset import Example, load_conversations
 from ftlab.data.loading import LoadReport
 from ftlab.errors import DataError
+from ftlab.paths import shown
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class MixtureReport:
     def summary(self) -> str:
         total = sum(s.taken for s in self.sources) or 1
         rows = [f"{'source':<40} {'asked':>6} {'achieved':>8} {'taken':>6} {'available':>9}"]
-        rows += [f"{s.path:<40} {s.share:>6.1%} {s.taken / total:>8.1%} {s.taken:>6} "
+        rows += [f"{shown(s.path):<40} {s.share:>6.1%} {s.taken / total:>8.1%} {s.taken:>6} "
                  f"{s.available:>9}" for s in self.sources]
         return "\n".join(rows)
 

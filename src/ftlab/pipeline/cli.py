@@ -13,7 +13,7 @@ import torch
 from ftlab.config import PipelineConfig, load_config
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.hardware import threads_per_process
-from ftlab.paths import default_config
+from ftlab.paths import default_config, shown
 from ftlab.pipeline.lock import run_folder_lock
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, plan, read_state, reusable,
                                    run_pipeline, to_run)
@@ -52,8 +52,8 @@ def plan_text(config: PipelineConfig, source: Path | None = None, check_model: b
         will_run = set(to_run(planned, done))
     except NotImplementedError:  # the learner edition before C.3 is done
         will_run = None
-    lines = [f"base model: {config.model.name_or_path} ({config.model.dtype}), seed {config.seed}",
-             f"run folder: {config.run_dir}"]
+    lines = [f"base model: {shown(config.model.name_or_path)} ({config.model.dtype}), "
+             f"seed {config.seed}", f"run folder: {shown(config.run_dir)}"]
     for i, p in enumerate(planned, 1):
         recorded = state["stages"].get(p.name)
         if will_run is None:
@@ -92,12 +92,12 @@ def run_command(config_path: Path | None, dry_run: bool = False, run_dir: Path |
                               f"{here.world_size}; use --nproc with a plain `ftlab run`, or the "
                               "launcher alone")
         say = print if here.is_main else (lambda *a, **k: None)
-        shown = os.environ.get(PLAN_SHOWN) == "1"  # by the `--nproc` process that launched us
+        plan_shown = os.environ.get(PLAN_SHOWN) == "1"  # by the `--nproc` process that launched us
         processes = max(nproc, here.world_size)
         planned = plan(config, path, processes=processes)
         reuse = reusable(read_state(Path(config.run_dir)), Path(config.run_dir)) if here.is_main else None
-        if here.is_main and not shown:
-            print(f"config: {path}\n" + plan_text(config, planned=planned, reuse=reuse)
+        if here.is_main and not plan_shown:
+            print(f"config: {shown(path)}\n" + plan_text(config, planned=planned, reuse=reuse)
                   + (f"\nprocesses: {processes} (data parallel)" if processes > 1 else ""))
         if dry_run:
             say("dry run: the config is valid; nothing was loaded or trained")

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ftlab.config import PipelineConfig  # noqa: E402
+from ftlab.paths import shown  # noqa: E402
 
 COLUMNS = [("exact_match", "exact match", "{:.1%}"),
            ("exact_match/macro", "exact match, macro over kinds", "{:.1%}"),
@@ -96,8 +97,9 @@ def _sample_line(sample: dict) -> str:
     return f"- *{sample['question']}* → {sample['reply']!r}{where}"
 
 
-def _stage_lines(name: str, kind: str, record: dict | None) -> list[str]:
-    """A report section for one stage: its figures, files and sample replies."""
+def _stage_lines(name: str, kind: str, record: dict | None, run_dir: Path) -> list[str]:
+    """A report section for one stage: its figures, files (relative to ``run_dir``, where
+    ``report.md`` lies) and sample replies."""
     if record is None:
         return [f"### {name} ({kind})", "", "not run yet", ""]
     result = record["result"]
@@ -107,7 +109,7 @@ def _stage_lines(name: str, kind: str, record: dict | None) -> list[str]:
         lines += ["| figure | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in figures.items()]
         lines.append("")
-    lines += [f"- {k}: `{v}`" for k, v in result["artifacts"].items()]
+    lines += [f"- {k}: `{shown(v, run_dir)}`" for k, v in result["artifacts"].items()]
     per_kind = _kind_line(result["metrics"])
     if per_kind:
         lines += ["", per_kind]
@@ -225,7 +227,7 @@ def write_report(run_dir: Path, config: PipelineConfig, state: dict, planned: li
                "kinds_table": kinds_table(state, names)}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# ftlab run report — {run_dir.name}", "",
-             f"Base model: `{config.model.name_or_path}`, seed {config.seed}. "
+             f"Base model: `{shown(config.model.name_or_path)}`, seed {config.seed}. "
              f"Stages: {' → '.join(f'{p.name} ({p.config.kind})' for p in planned)}.", "",
              "## Summary", "", summary["summary_table"], "",
              "Held-out questions are about facts no SFT example mentions; capitals are most "
@@ -238,7 +240,7 @@ def write_report(run_dir: Path, config: PipelineConfig, state: dict, planned: li
              "![losses](plots/losses.png)", "", "![measurements](plots/measurements.png)", "",
              "## Stages", ""]
     for p in planned:
-        lines += _stage_lines(p.name, p.config.kind, state["stages"].get(p.name))
+        lines += _stage_lines(p.name, p.config.kind, state["stages"].get(p.name), run_dir)
     if state.get("baseline"):
         lines += ["## Base model sample replies", ""]
         lines += [_sample_line(s) for s in state["baseline"]["samples"]]

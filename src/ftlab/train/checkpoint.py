@@ -34,6 +34,7 @@ from torch import nn
 
 from ftlab.errors import ArtifactError
 from ftlab.files import file_manifest, manifest_problems
+from ftlab.paths import shown
 
 WEIGHTS, STATE, CONFIG, MANIFEST = ("trainable.safetensors", "state.pt", "config.json",
                                     "manifest.json")
@@ -225,7 +226,7 @@ def latest_good_checkpoint(root: Path) -> Checkpoint | None:
         fallback = (f"trying the previous one, {older.name}" if older
                     else "no older checkpoint: the run starts from step 0")
         warnings.warn(f"checkpoint {path.name} is damaged — {'; '.join(problems)}. Moved to "
-                      f"{aside}; {fallback}.", CheckpointWarning, stacklevel=2)
+                      f"{shown(aside)}; {fallback}.", CheckpointWarning, stacklevel=2)
     return None
 
 
