@@ -10,6 +10,8 @@ its gradient; a result that matches a known misreading names it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -39,7 +41,7 @@ def _rewards(scores, mask, what):
         return last_token_rewards(scores, mask)
 
 
-def _which_position(got: torch.Tensor, seq: int) -> list[int]:
+def _which_position(got: torch.Tensor) -> list[int]:
     """The position each returned value was read from (scores are 10 r + t)."""
     return [round(float(v)) - 10 * r for r, v in enumerate(got)]
 
@@ -83,7 +85,7 @@ def test_c_6_reads_the_score_at_the_last_real_token(case):
         expect(tuple(got.shape) == (mask.shape[0],), task="C.6", what=f"output shape ({case})",
                expected=f"({mask.shape[0]},)", got=tuple(got.shape),
                cause="one reward per row: gather one position per row and squeeze(-1)")
-        positions = _which_position(got, mask.shape[1])
+        positions = _which_position(got)
         want = _last_real(mask)
         expect(positions == want, task="C.6",
                what=f"positions read, {case} ({mask_dtype} mask)",
@@ -133,8 +135,6 @@ SPEC_C7 = ("loss = mean over pairs of -logsigmoid(chosen - rejected - margin), p
 
 def _by_hand(chosen, rejected, margin, center) -> float:
     """The Bradley–Terry loss in float64, pair by pair (log1p(exp(-d)) written out stably)."""
-    import math
-
     total, square = 0.0, 0.0
     n = len(chosen)
     for i in range(n):
@@ -146,25 +146,24 @@ def _by_hand(chosen, rejected, margin, center) -> float:
 
 def _misreadings(chosen, rejected, margin, center) -> dict[str, float]:
     """Loss values of known misreadings, each with its cause."""
-    m = margin if margin is not None else None
     out = {"chosen and rejected swapped: the loss must fall as chosen - rejected grows, so "
            "it is -logsigmoid(chosen - rejected - margin)":
-           _by_hand(rejected, chosen, m, center)}
-    if m is not None:
+           _by_hand(rejected, chosen, margin, center)}
+    if margin is not None:
         out["the margin added instead of subtracted: the chosen reply must win BY the margin, "
-            "-logsigmoid(chosen - rejected - margin)"] = _by_hand(chosen, rejected, -m, center)
+            "-logsigmoid(chosen - rejected - margin)"] = _by_hand(chosen, rejected, -margin, center)
     if center:
         n = len(chosen)
         diff_sq = sum((float(c) - float(r)) ** 2 for c, r in zip(chosen, rejected)) / n
         sum_sq = sum((float(c) + float(r)) ** 2 for c, r in zip(chosen, rejected)) / n
         out["the centring term on the difference: it is mean((chosen + rejected) ** 2), which "
             "keeps the rewards near 0 (the difference is what the first term trains)"] = (
-            _by_hand(chosen, rejected, m, center) - center * sum_sq + center * diff_sq)
+            _by_hand(chosen, rejected, margin, center) - center * sum_sq + center * diff_sq)
         out["the centring term left out although center_coefficient was given"] = (
-            _by_hand(chosen, rejected, m, None))
+            _by_hand(chosen, rejected, margin, None))
     if len(chosen) > 1:
         out["the losses summed over pairs instead of averaged"] = (
-            _by_hand(chosen, rejected, m, center) * len(chosen))
+            _by_hand(chosen, rejected, margin, center) * len(chosen))
     return out
 
 

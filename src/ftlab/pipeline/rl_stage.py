@@ -14,6 +14,7 @@ import json
 import torch
 
 from ftlab.config import GRPOConfig, StageConfig
+from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import StageContext, StageResult, load_model
 from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _TrainingStage
@@ -131,7 +132,6 @@ class GRPOStage(_TrainingStage):
             on_main(lambda: save_trained_adapter(model, ctx.folder, ctx.model))
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
-            from ftlab.pipeline import trl_backend  # imports transformers' Trainer: only when used
             figures = trl_backend.train_grpo(model, ctx.tokenizer, train_records, val_records,
                                              rewards, train, lora, grpo,
                                              target_names(model, lora), ctx.folder, ctx.progress)

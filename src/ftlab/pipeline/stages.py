@@ -23,6 +23,7 @@ from ftlab.data.prepare import prepare_sft
 from ftlab.export import export_gguf, export_hf, merge_for_export, verify_gguf, verify_hf_export
 from ftlab.models.build import question_items
 from ftlab.paths import data_dir
+from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import ModelRef, StageContext, StageResult, load_model
 from ftlab.pipeline.measure import file_size_mb, heldout_pairs, measure
 from ftlab.pipeline.registry import Stage, register_stage
@@ -123,7 +124,6 @@ class SFTStage(_TrainingStage):
             on_main(lambda: save_trained_adapter(model, ctx.folder, ctx.model))
         else:
             model = load_model(ctx.model, ctx.run.model.dtype)
-            from ftlab.pipeline import trl_backend  # imports transformers' Trainer: only when used
             figures = trl_backend.train_sft(model, ctx.tokenizer, data.train, data.validation,
                                             train, lora, target_names(model, lora), ctx.folder,
                                             data_cfg.max_length, ctx.progress)
@@ -172,7 +172,6 @@ class DPOStage(_TrainingStage):
                                    "chosen": [{"role": "assistant", "content": p.chosen}],
                                    "rejected": [{"role": "assistant", "content": p.rejected}]}
                                   for p in ps]
-            from ftlab.pipeline import trl_backend  # imports transformers' Trainer: only when used
             figures = trl_backend.train_dpo(model, ctx.tokenizer, records(pairs.train_pairs),
                                             records(pairs.validation_pairs), train, lora, dpo,
                                             target_names(model, lora), ctx.folder,
