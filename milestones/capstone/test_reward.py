@@ -73,6 +73,7 @@ MASKS = {
                                       [0, 0, 0, 0, 0, 0, 1]],
     "right and left padding in one batch": [[1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1],
                                             [1, 1, 1, 1, 1, 1, 1]],
+    "a batch of one sequence": [[1, 1, 1, 1, 1, 0, 0]],
 }
 
 
@@ -84,7 +85,8 @@ def test_c_6_reads_the_score_at_the_last_real_token(case):
         got = _rewards(scores, mask, f"last_token_rewards, {case}, {mask_dtype} mask")
         expect(tuple(got.shape) == (mask.shape[0],), task="C.6", what=f"output shape ({case})",
                expected=f"({mask.shape[0]},)", got=tuple(got.shape),
-               cause="one reward per row: gather one position per row and squeeze(-1)")
+               cause="one reward per row: gather one position per row and squeeze(-1) — a bare "
+                     "squeeze() also drops the batch dimension of a batch of one")
         positions = _which_position(got)
         want = _last_real(mask)
         expect(positions == want, task="C.6",
@@ -149,7 +151,7 @@ def _misreadings(chosen, rejected, margin, center) -> dict[str, float]:
     out = {"chosen and rejected swapped: the loss must fall as chosen - rejected grows, so "
            "it is -logsigmoid(chosen - rejected - margin)":
            _by_hand(rejected, chosen, margin, center)}
-    if margin is not None:
+    if isinstance(margin, torch.Tensor):
         out["the margin added instead of subtracted: the chosen reply must win BY the margin, "
             "-logsigmoid(chosen - rejected - margin)"] = _by_hand(chosen, rejected, -margin, center)
     if center:

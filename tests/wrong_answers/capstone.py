@@ -280,6 +280,10 @@ WRONG_ANSWERS = [
                 code=variant(ROOT, "C.6", "return scores.gather(-1, last.unsqueeze(-1)).squeeze(-1)",
                              "return torch.tensor([scores[i, j].item() for i, j in enumerate(last.tolist())],\n"
                              "                    dtype=scores.dtype)")),
+    WrongAnswer(task="C.6", label="a bare squeeze() (a batch of one loses its dimension)",
+                message_contains=("bare squeeze()",),
+                code=variant(ROOT, "C.6", "return scores.gather(-1, last.unsqueeze(-1)).squeeze(-1)",
+                             "return scores.gather(-1, last.unsqueeze(-1)).squeeze()")),
     WrongAnswer(task="C.7", label="chosen and rejected swapped", message_contains=("swapped",),
                 code=variant(ROOT, "C.7", "difference = chosen - rejected", "difference = rejected - chosen")),
     WrongAnswer(task="C.7", label="log of sigmoid underflows", message_contains=("logsigmoid",),
