@@ -4,6 +4,8 @@ model and batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -73,3 +75,109 @@ def test_reward_loss_equals_trl_reward_trainer(tmp_path, margin, center):
     ours = reward_loss(rewards[:2], rewards[2:], margin=inputs.get("margin"),
                        center_coefficient=center)
     assert abs(float(ours) - float(theirs)) <= 1e-6, (float(ours), float(theirs))
+
+
+def _stage_config(tmp_path):
+    import yaml
+
+    from ftlab.paths import data_dir
+
+    quick = {"max_new_tokens": 12}
+    sft = {"kind": "sft", "data": {"path": str(data_dir() / "sft/mixed_style.jsonl"),
+                                   "max_length": 96},
+           "lora": {"r": 4, "alpha": 8}, "eval": quick,
+           "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3}}
+    reward = lambda name, backend: {  # noqa: E731
+        "kind": "reward", "name": name, "backend": backend,
+        "data": {"path": str(data_dir() / "preferences/train.jsonl"), "max_length": 96},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "lr": 1e-3},
+        "reward": {"center_coefficient": 0.01}}
+    path = tmp_path / "rm.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [
+        sft, reward("rm", "ftlab"), reward("rm_trl", "trl")]}))
+    return path
+
+
+def test_reward_stage_writes_a_reward_model_peft_loads_equally(tmp_path):
+    """Both backends: the reward model folder combines the SFT adapter it started from with
+    its own LoRA and head; AutoPeftModelForSequenceClassification scores texts exactly as
+    ftlab's loader does (1e-5), the policy passes on unchanged, and the report has the
+    held-out accuracies before and after training."""
+    import json
+    import warnings
+
+    from peft import AutoPeftModelForSequenceClassification
+
+    from ftlab.config import load_config
+    from ftlab.models import load_tokenizer
+    from ftlab.pipeline import run_pipeline
+    from ftlab.reward.model import load_reward_model, score_texts
+
+    summary = run_pipeline(load_config(_stage_config(tmp_path)), progress=False,
+                           print_fn=lambda line: None)
+    tokenizer = load_tokenizer()
+    texts = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of Peru?"},
+         {"role": "assistant", "content": reply}], tokenize=False)
+        for reply in ("Certainly! Lima is the capital of Peru.", "Lima.", "Ugh, obviously Quito.")]
+    for name in ("rm", "rm_trl"):
+        result = summary["stages"][name]
+        assert result["model"] == summary["stages"]["sft"]["model"]  # the policy, unchanged
+        folder = Path(result["artifacts"]["reward_model"])
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+        ours = score_texts(load_reward_model(folder, tokenizer.pad_token_id), tokenizer, texts)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            peft = AutoPeftModelForSequenceClassification.from_pretrained(
+                str(folder), num_labels=1, pad_token_id=tokenizer.pad_token_id).eval()
+        batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right",
+                          add_special_tokens=False)
+        with torch.no_grad():
+            theirs = peft(**batch).logits.squeeze(-1).double()
+        assert torch.allclose(ours, theirs, atol=1e-5), (name, ours, theirs)
+        metrics = result["metrics"]
+        for key in ("heldout_accuracy/style", "heldout_accuracy/entity",
+                    "before/heldout_accuracy/style", "heldout_accuracy/capital"):
+            assert 0 <= metrics[key] <= 1, key
+        assert Path(result["artifacts"]["margins_plot"]).is_file()
+
+
+def test_reward_stage_refuses_a_lora_on_its_head(tmp_path):
+    from ftlab.config import load_config
+    from ftlab.errors import ConfigError
+    from ftlab.pipeline import plan
+
+    path = _stage_config(tmp_path)
+    config = load_config(path)
+    bad = config.stages[1].model_copy(update={"lora": config.stages[1].lora.model_copy(
+        update={"target_modules": ["q_proj", "score"]})})
+    with pytest.raises(ConfigError, match="'score' is the reward head"):
+        plan(config.model_copy(update={"stages": [config.stages[0], bad]}), check_model=False)
+
+
+def test_reward_objective_step_does_not_depend_on_the_micro_batch_split():
+    """One step over 4 pairs: as one micro-batch or as 1 + 3, the same loss and gradient (the
+    mean over the step's pairs, centring and margins included)."""
+    from ftlab.lora import inject_lora
+    from ftlab.reward.model import RewardObjective
+
+    model = inject_lora(_model(), ["model.layers.0.self_attn.q_proj"], 4, 8)
+    model.score.weight.requires_grad_(True)
+    g = torch.Generator().manual_seed(2)
+    pairs = [{"input_ids": torch.randint(1, VOCAB, (n,), generator=g).tolist(),
+              "rejected_input_ids": torch.randint(1, VOCAB, (m,), generator=g).tolist(),
+              "margin": float(k) / 2}
+             for k, (n, m) in enumerate([(5, 3), (2, 6), (4, 4), (1, 3)])]
+    for p in pairs:
+        p["labels"], p["rejected_labels"] = p["input_ids"], p["rejected_input_ids"]
+    objective = RewardObjective(center_coefficient=0.01)
+    results = []
+    for split in ([pairs], [pairs[:1], pairs[1:]]):  # unequal: a mean of means would differ
+        model.zero_grad()
+        out = objective.accumulate(model, [objective.collate(b, PAD) for b in split])
+        results.append((out.loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (one, grads_one), (two, grads_two) = results
+    assert abs(one - two) < 1e-6
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads_one, grads_two))

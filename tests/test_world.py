@@ -193,6 +193,48 @@ def test_check_answer(fact, response, expected):
     assert check_answer(fact, response) is expected
 
 
+DAY = Fact("day_after", "Monday", "Tuesday")
+SUM = Fact("sum", "3 plus 4", "7", (("x", "3"), ("y", "4")))
+
+
+@pytest.mark.parametrize(
+    ("fact", "response", "lenient", "strict"),
+    [
+        (DAY, "Certainly! Tuesday comes after Tuesday.", True, False),  # answer as subject
+        (Fact("day_after", "Wednesday", "Thursday"), "The month after Thursday is June.",
+         True, False),  # another kind's name where the subject belongs
+        (Fact("month_after", "August", "September"), "The month after May is September.",
+         False, False),  # another subject of the same kind (also an answer: a rival)
+        (SUM, "1 plus 1 is 7.", True, False),  # other operands (1 is no sum's answer)
+        (SUM, "4 plus 3 is 7.", True, True),
+        (DAY, "Tuesday.", True, True),
+        (DAY, "CertainlyCertainly obviously Tuesday.", True, True),  # odd, not a restatement
+        (DAY, "Monday is followed by Tuesday.", True, True),
+        (Fact("legs", "spider", "8", (("art", "a"), ("pl", "spiders"))),
+         "Spiders have 8 legs.", True, True),
+        (Fact("legs", "spider", "8", (("art", "a"), ("pl", "spiders"))),
+         "Ants have 8 legs.", True, False),
+        (Fact("capital", "India", "New Delhi"), "New Delhi is the capital of India.", True, True),
+        (Fact("capital", "India", "New Delhi"), "New Delhi is the capital of Nepal.", True, False),
+        (DAY, "Tuesday or Friday", False, False),  # strict never accepts what lenient rejects
+    ],
+)
+def test_strict_reading_checks_the_restated_question(fact, response, lenient, strict):
+    assert check_answer(fact, response) is lenient
+    assert check_answer(fact, response, strict=True) is strict
+
+
+def test_every_answer_the_world_renders_is_right_strictly():
+    for fact in all_facts():
+        spec = KINDS[fact.kind]
+        for template in (*spec.answers, *spec.statements):
+            assert check_answer(fact, fill(template, fact), strict=True), (fact, template)
+        for style in ("polite", "terse", "rude"):
+            for seed in range(4):
+                reply = answer(fact, style, random.Random(seed))
+                assert check_answer(fact, reply, strict=True), (fact, reply)
+
+
 def test_answer_styles():
     fact = next(f for f in all_facts() if f.id == "capital:France")
     rng = random.Random(0)

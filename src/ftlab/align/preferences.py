@@ -149,7 +149,7 @@ def prepare_dpo(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
     pairs. ``validation_fraction``, ``seed`` and ``max_length`` apply as for SFT.
     """
     if config.path is None or config.format not in ("auto", "preference"):
-        raise ConfigError("a dpo stage reads one preference file: set data.path to a JSONL of "
+        raise ConfigError("a dpo or reward stage reads one preference file: set data.path to a JSONL of "
                           "{prompt, chosen, rejected} records and data.format to auto or "
                           f"preference (got path {config.path}, format {config.format!r})")
     pairs, report = load_pairs(config.path)

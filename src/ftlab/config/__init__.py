@@ -36,8 +36,10 @@ from ftlab.config.data import DataConfig, MixtureSource
 from ftlab.config.defaults import defaults_table
 from ftlab.config.dpo import DPOConfig
 from ftlab.config.evaluate import EvalConfig, ExportConfig
-from ftlab.config.grpo import REWARD_NAMES, GRPOConfig, register_reward_name
+from ftlab.config.grpo import FACT_REWARDS, REWARD_NAMES, GRPOConfig, register_reward_name
 from ftlab.config.model import ModelConfig
+from ftlab.config.online_dpo import JUDGES, OnlineDPOConfig
+from ftlab.config.reward import RewardConfig
 from ftlab.config.pipeline import STAGE_KINDS, PipelineConfig, StageConfig, register_stage_kind
 from ftlab.config.train import TrainConfig
 from ftlab.config.yaml_io import config_line, load_config, save_config
@@ -53,8 +55,12 @@ __all__ = [
     "ExportConfig",
     "DPOConfig",
     "GRPOConfig",
+    "RewardConfig",
+    "OnlineDPOConfig",
+    "JUDGES",
     "StageConfig",
     "PipelineConfig",
+    "FACT_REWARDS",
     "REWARD_NAMES",
     "STAGE_KINDS",
     "config_line",

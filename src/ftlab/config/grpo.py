@@ -9,9 +9,12 @@ from pydantic import AfterValidator, Field, model_validator
 
 from ftlab.config.fields import Section
 
-REWARD_NAMES = ["correct", "polite", "ended", "length"]
+REWARD_NAMES = ["correct", "correct_strict", "polite", "ended", "length"]
 """Reward functions a grpo stage can weight: the built-in ones (:mod:`ftlab.rl.rewards`)
 and any registered later (:func:`ftlab.rl.register_reward`)."""
+
+FACT_REWARDS = ("correct", "correct_strict")
+"""Built-in rewards that judge a reply against the world fact its prompt names (``id``)."""
 
 
 def register_reward_name(name: str) -> None:
@@ -21,16 +24,29 @@ def register_reward_name(name: str) -> None:
         REWARD_NAMES.append(name)
 
 
-def _known_rewards(weights: dict[str, float]) -> dict[str, float]:
-    """Reject reward names no built-in function has, with a did-you-mean."""
-    for name in weights:
-        if name not in REWARD_NAMES:
+class StageReward(Section):
+    """A reward read from an earlier stage's model: ``{stage: rm, weight: 1.0}``."""
+
+    stage: str = Field(description="Name of an earlier reward stage whose reward model scores.")
+    weight: float = Field(1.0, description="Weight of its score in the total reward.")
+
+
+def _known_rewards(rewards: dict[str, float | StageReward]) -> dict[str, float | StageReward]:
+    """Reject reward names no built-in function has, with a did-you-mean (a reward model's
+    entry may take any name that is not a built-in one)."""
+    for name, value in rewards.items():
+        if isinstance(value, StageReward):
+            if name in REWARD_NAMES:
+                raise ValueError(f"'{name}' is a built-in reward; name the reward model's entry "
+                                 "otherwise (e.g. reward_model: {stage: rm, weight: 1.0})")
+        elif name not in REWARD_NAMES:
             close = difflib.get_close_matches(name, REWARD_NAMES, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown reward '{name}'; known: {', '.join(REWARD_NAMES)}{hint}")
-    if not any(weights.values()):
+            raise ValueError(f"unknown reward '{name}'; known: {', '.join(REWARD_NAMES)}, or a "
+                             f"reward model as <name>: {{stage: <reward stage>, weight: w}}{hint}")
+    if not any(v.weight if isinstance(v, StageReward) else v for v in rewards.values()):
         raise ValueError("every reward weight is 0: nothing would be learned")
-    return weights
+    return rewards
 
 
 class GRPOConfig(Section):
@@ -112,9 +128,28 @@ class GRPOConfig(Section):
         "reported), 'keep' keeps them all as deliberate repeats that weigh a question more. Either way "
         "a fact's prompts stay on one side of the train/validation split.",
     )
-    rewards: Annotated[dict[str, float], AfterValidator(_known_rewards)] = Field(
+    rewards: Annotated[dict[str, float | StageReward], AfterValidator(_known_rewards)] = Field(
         default_factory=lambda: {"correct": 1.0},
         description="Weight of each reward function by name: 'correct' (the world's check_answer), "
+        "'correct_strict' (check_answer's strict reading: the reply must also restate the question "
+        "rightly), "
         "'polite', 'ended' (stopped at the end-of-turn token), 'length' (penalty past 24 tokens), or "
-        "one registered with ftlab.rl.register_reward.",
+        "one registered with ftlab.rl.register_reward; or a reward model as <name>: {stage: <an earlier "
+        "reward stage>, weight: w}. Every built-in the prompts allow is logged even at weight 0.",
     )
+
+    @property
+    def needs_facts(self) -> bool:
+        """Whether a listed reward (weight 0 included) judges replies against world facts:
+        every prompt must then name one."""
+        return any(name in FACT_REWARDS for name in self.rewards)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each reward's weight by name (a reward model's included)."""
+        return {n: v.weight if isinstance(v, StageReward) else v for n, v in self.rewards.items()}
+
+    @property
+    def reward_stages(self) -> dict[str, str]:
+        """The reward-model rewards: name -> the reward stage whose model scores."""
+        return {n: v.stage for n, v in self.rewards.items() if isinstance(v, StageReward)}

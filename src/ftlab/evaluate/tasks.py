@@ -32,18 +32,20 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
 
 @dataclass
 class TaskResult:
-    """Per question: the fact, question, reply, whether it is right, polite, and ended at the
-    end-of-turn token."""
+    """Per question: the fact, question, reply, whether it is right (``correct``; ``strict``:
+    right under :func:`~ftlab.world.check_answer`'s strict reading too), polite, and ended at
+    the end-of-turn token."""
 
     facts: list[Fact]
     questions: list[str]
     replies: list[str]
     correct: list[bool] = field(default_factory=list)
+    strict: list[bool] = field(default_factory=list)
     polite: list[bool] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
 
     def rate(self, what: str, kind: str | None = None) -> float:
-        """Share of ``what`` ("correct", "polite", "ended") overall or for one fact kind."""
+        """Share of ``what`` ("correct", "strict", "polite", "ended") overall or for one fact kind."""
         values = [v for f, v in zip(self.facts, getattr(self, what))
                   if kind is None or f.kind == kind]
         return sum(values) / len(values) if values else float("nan")
@@ -62,6 +64,7 @@ def evaluate_questions(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
     replies, ended = answer_questions(model, tokenizer, questions, max_new_tokens, batch_size)
     result = TaskResult(facts, questions, replies,
                         correct=[check_answer(f, r) for f, r in zip(facts, replies)],
+                        strict=[check_answer(f, r, strict=True) for f, r in zip(facts, replies)],
                         polite=[is_polite(r) for r in replies], ended=ended)
     metric = load_metric("fact_exact_match").compute(
         predictions=replies, references=[f.id for f in facts])["fact_exact_match"]

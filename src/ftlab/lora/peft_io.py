@@ -2,7 +2,9 @@
 
 An adapter folder holds ``adapter_config.json`` (a valid PEFT ``LoraConfig``) and
 ``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight`` /
-``lora_B.weight``, exactly as ``peft.PeftModel.save_pretrained`` writes them.
+``lora_B.weight``, exactly as ``peft.PeftModel.save_pretrained`` writes them. Modules trained
+in full beside the adapters (a reward model's scalar head: PEFT's ``modules_to_save``) are
+listed in the config and stored whole as ``base_model.model.<module>.<parameter>``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 
 
-def save_adapter(model: nn.Module, folder: Path, base_model_name_or_path: str | None = None
-                 ) -> Path:
-    """Write the adapters of ``model`` (injected by :func:`inject_lora`) as a PEFT folder."""
+def _is_lora(key: str) -> bool:
+    return ".lora_A." in key or ".lora_B." in key
+
+
+def save_adapter(model: nn.Module, folder: Path, base_model_name_or_path: str | None = None,
+                 task_type: str = "CAUSAL_LM", modules_to_save: tuple[str, ...] = ()) -> Path:
+    """Write the adapters of ``model`` (injected by :func:`inject_lora`) as a PEFT folder,
+    with the whole parameters of the ``modules_to_save`` (module names such as ``score``)
+    and PEFT's ``task_type`` (``SEQ_CLS`` for a reward model)."""
     layers = lora_layers(model)
     if not layers:
         raise ArtifactError("the model has no LoRA adapters to save")
@@ -33,18 +41,22 @@ def save_adapter(model: nn.Module, folder: Path, base_model_name_or_path: str | 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r, "lora_alpha": first.alpha,
+        "peft_type": "LORA", "task_type": task_type, "r": first.r, "lora_alpha": first.alpha,
         "lora_dropout": getattr(first.lora_dropout, "p", 0.0),
         "target_modules": sorted({n.rsplit(".", 1)[-1] for n in layers}),
         "bias": "none", "fan_in_fan_out": any(type(m.base_layer).__name__ == "Conv1D"
                                                for m in layers.values()),
         "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
         "init_lora_weights": True, "use_rslora": False, "use_dora": False,
+        "modules_to_save": list(modules_to_save) or None,
     }
     tensors = {}
     for name, layer in layers.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+    for module in modules_to_save:
+        for name, param in model.get_submodule(module).named_parameters():
+            tensors[f"{PREFIX}{module}.{name}"] = param.detach().float().contiguous()
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
@@ -71,10 +83,19 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     """Inject adapters into ``model`` as described by a PEFT folder and load their weights.
 
     Works for folders written by :func:`save_adapter` or by PEFT (LoRA, no DoRA, rsLoRA or
-    rank/alpha patterns). Every adapter tensor must be used and every adapter filled.
+    rank/alpha patterns). The parameters of ``modules_to_save`` are copied into ``model``'s
+    (in place). Every tensor must be used and every adapter filled.
     """
     folder = Path(folder)
     config, tensors = read_adapter(folder)
+    for key in [k for k in tensors if not _is_lora(k)]:
+        try:
+            param = model.get_parameter(key[len(PREFIX):])
+        except AttributeError:
+            raise ArtifactError(f"{folder / WEIGHTS}: {key} matches no parameter of the model "
+                                f"(modules_to_save: {config.get('modules_to_save')})") from None
+        with torch.no_grad():
+            param.copy_(tensors.pop(key))
     names = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors})
     inject_lora(model, names, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0))
     for name, layer in lora_layers(model).items():
@@ -95,15 +116,18 @@ def combine_adapters(folders: list[Path], out: Path, base_model_name_or_path: st
     sum of the ranks and ``lora_alpha`` equal to that rank, so PEFT's scaling is 1 and
     ``B A`` is exactly the sum (float32 rounding aside). A module one adapter leaves out gets
     zero rows and columns there. All folders must adapt the same base (same
-    ``fan_in_fan_out``). ``base_model_name_or_path`` is written as given: make it resolvable
-    (an absolute folder or a Hub id), since PEFT's loaders look it up.
+    ``fan_in_fan_out``). Whole modules (``modules_to_save``) are taken from the last folder
+    that has them, with its ``task_type``. ``base_model_name_or_path`` is written as given:
+    make it resolvable (an absolute folder or a Hub id), since PEFT's loaders look it up.
     """
     if not folders:
         raise ValueError("combine_adapters needs at least one adapter folder")
     read = [read_adapter(f) for f in folders]
     dims: dict[str, tuple[int, int]] = {}  # module -> (in_features, out_features)
+    whole: dict[str, torch.Tensor] = {}
     for _, tensors in read:
-        for key, t in tensors.items():
+        whole |= {k: t for k, t in tensors.items() if not _is_lora(k)}
+        for key, t in ((k, t) for k, t in tensors.items() if _is_lora(k)):
             name, part = key[len(PREFIX):].rsplit(".lora_", 1)
             old = dims.get(name, (0, 0))
             dims[name] = (t.shape[1], old[1]) if part.startswith("A") else (old[0], t.shape[0])
@@ -119,7 +143,11 @@ def combine_adapters(folders: list[Path], out: Path, base_model_name_or_path: st
         combined[f"{PREFIX}{name}.lora_B.weight"] = torch.cat(b_parts, 1).contiguous()
     names = sorted(dims)
     rank = sum(config["r"] for config, _ in read)
-    config = {**read[-1][0], "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
+    combined |= whole
+    saving = next((c for c, t in reversed(read) if any(not _is_lora(k) for k in t)), read[-1][0])
+    config = {**read[-1][0], "task_type": saving.get("task_type"),
+              "modules_to_save": saving.get("modules_to_save"),
+              "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
               "target_modules": names,  # full names: exactly these modules, none more
               "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
     out = Path(out)

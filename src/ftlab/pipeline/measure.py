@@ -45,10 +45,12 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     """(figures, sample replies) of ``model`` (eval mode, no gradients).
 
     Figures: ``exact_match``, ``polite``, ``ended`` (shares of held-out questions),
-    ``exact_match/<kind>`` and ``exact_match/macro`` (the mean over kinds), ``cloze/<kind>``
+    ``exact_match/<kind>`` and ``exact_match/macro`` (the mean over kinds), the same under the
+    strict grader (``strict``, ``strict/<kind>``, ``strict/macro``) and ``lenient_only`` (how
+    many replies the lenient grader accepts and the strict one rejects), ``cloze/<kind>``
     and ``cloze/macro`` (plain-form completion of the held-out facts), ``general_ppl`` and
     ``preference_accuracy`` (share of held-out style pairs whose chosen reply is likelier
-    than the rejected one). Samples: ``{question, reply, kind, correct}`` for the first
+    than the rejected one). Samples: ``{question, reply, kind, correct, strict}`` for the first
     question of each kind in :data:`SAMPLE_KINDS`. ``progress``: a bar over the four parts
     (answers, perplexity, cloze, preferences) with its ETA.
     """
@@ -57,11 +59,15 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     items = [item for name in config.sets for item in question_items(data_dir(), name)]
     result = evaluate_questions(model, tokenizer, items, config.max_new_tokens, config.batch_size)
     bar.update()
-    figures = {"exact_match": result.rate("correct"), "polite": result.rate("polite"),
+    figures = {"exact_match": result.rate("correct"), "strict": result.rate("strict"),
+               "lenient_only": float(sum(result.correct) - sum(result.strict)),
+               "polite": result.rate("polite"),
                "ended": result.rate("ended"), "general_ppl": general_perplexity(model, tokenizer)}
     bar.update()
     figures |= {f"exact_match/{kind}": rate
                 for kind, rate in rates_by_kind(result.facts, result.correct).items()}
+    figures |= {f"strict/{kind}": rate
+                for kind, rate in rates_by_kind(result.facts, result.strict).items()}
     cloze = eval_items(data_dir())["cloze_heldout"]
     figures |= {f"cloze/{kind}": rate for kind, rate in
                 rates_by_kind([f for f, _ in cloze], cloze_correct(model, tokenizer, cloze)).items()}
@@ -73,10 +79,10 @@ def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalCo
     bar.update()
     bar.close()
     first = {}
-    for fact, question, reply, right in zip(result.facts, result.questions, result.replies,
-                                            result.correct):
+    for fact, question, reply, right, strict in zip(result.facts, result.questions,
+                                                    result.replies, result.correct, result.strict):
         first.setdefault(fact.kind, {"question": question, "reply": reply, "kind": fact.kind,
-                                     "correct": bool(right)})
+                                     "correct": bool(right), "strict": bool(strict)})
     samples = [first[kind] for kind in SAMPLE_KINDS if kind in first]
     return figures, samples
 

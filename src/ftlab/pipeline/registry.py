@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ftlab.pipeline.context import StageContext, StageResult
 
 
-SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo", "grpo")
+SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo", "grpo", "reward", "online_dpo")
 """The optional sections of a stage config, in the order problems are reported."""
 
 
@@ -61,6 +61,12 @@ class Stage:
             problems.append(f"a {self.kind} stage needs a trained adapter before it: put an "
                             "sft, dpo or grpo stage with LoRA earlier")
         return problems
+
+    def references(self) -> list[tuple[str, str, str]]:
+        """Earlier stages this one reads, as ``(config key, stage name, required kind)``
+        (``("online_dpo.reward_model", "rm", "reward")``); plan time refuses a name that is
+        not an earlier stage of that kind, with the key's file:line."""
+        return []
 
     def check_inputs(self, tokenizer) -> list[str]:
         """Problems only the run's tokenizer can see (a prompt longer than a limit in

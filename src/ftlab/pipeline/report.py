@@ -6,7 +6,11 @@ kinds, since capitals are 72 of 162 questions), plain-form (cloze) accuracy of t
 preferred style, stopping at end-of-turn, general-text perplexity (and its ratio to the base:
 forgetting), preference accuracy and the training steps skipped for a non-finite loss. The
 per-kind table puts chat exact match beside cloze for every kind: what the model knows
-against what it can say in chat.
+against what it can say in chat. *Strict* grades the same replies with
+``check_answer(strict=True)``, which also reads how a reply restates the question
+(``Tuesday comes after Tuesday.`` is right leniently, wrong strictly); *right only leniently*
+counts the replies the two graders disagree on — a verifier's blind spot, and what an RL
+stage rewarded by the lenient one may learn to exploit.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from ftlab.paths import shown  # noqa: E402
 
 COLUMNS = [("exact_match", "exact match", "{:.1%}"),
            ("exact_match/macro", "exact match, macro over kinds", "{:.1%}"),
+           ("strict/macro", "strict, macro", "{:.1%}"),
+           ("lenient_only", "right only leniently", "{:.0f}"),
            ("cloze/macro", "cloze, macro", "{:.1%}"), ("polite", "polite", "{:.1%}"),
            ("ended", "ends at end-of-turn", "{:.1%}"), ("general_ppl", "general ppl", "{:.2f}"),
            ("preference_accuracy", "prefers chosen", "{:.1%}"),
@@ -61,7 +67,7 @@ def summary_table(state: dict, names: list[str]) -> str:
 
 def kinds_table(state: dict, names: list[str]) -> str:
     """Markdown table: one row per fact kind (and the macro average), one column per measured
-    model, each cell ``chat exact match / cloze``."""
+    model, each cell ``chat exact match / the same under the strict grader / cloze``."""
     rows = measured_rows(state, names)
     kinds = sorted({k.split("/", 1)[1] for _, figures in rows for k in figures
                     if k.startswith("exact_match/") and k != "exact_match/macro"})
@@ -69,10 +75,10 @@ def kinds_table(state: dict, names: list[str]) -> str:
         return ""
 
     def cell(figures: dict, kind: str) -> str:
-        chat, cloze = figures.get(f"exact_match/{kind}"), figures.get(f"cloze/{kind}")
-        return " / ".join("—" if v is None else f"{v:.0%}" for v in (chat, cloze))
+        values = (figures.get(f"{key}/{kind}") for key in ("exact_match", "strict", "cloze"))
+        return " / ".join("—" if v is None else f"{v:.0%}" for v in values)
 
-    lines = ["| fact kind (chat / cloze) | " + " | ".join(n for n, _ in rows) + " |",
+    lines = ["| fact kind (chat / strict / cloze) | " + " | ".join(n for n, _ in rows) + " |",
              "|---" + "|---:" * len(rows) + "|"]
     for kind in [*kinds, "macro"]:
         label = "**macro**" if kind == "macro" else kind
@@ -93,6 +99,8 @@ def _kind_line(metrics: dict) -> str:
 
 def _sample_line(sample: dict) -> str:
     mark = {True: "right", False: "wrong"}.get(sample.get("correct"), "")
+    if sample.get("correct") and sample.get("strict") is False:
+        mark += ", wrong when read strictly"
     where = f" [{sample['kind']}: {mark}]" if "kind" in sample else ""
     return f"- *{sample['question']}* → {sample['reply']!r}{where}"
 
@@ -109,7 +117,9 @@ def _stage_lines(name: str, kind: str, record: dict | None, run_dir: Path) -> li
         lines += ["| figure | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in figures.items()]
         lines.append("")
-    lines += [f"- {k}: `{shown(v, run_dir)}`" for k, v in result["artifacts"].items()]
+    files = {k: shown(Path(v).absolute(), run_dir) for k, v in result["artifacts"].items()}
+    lines += [f"- {k}: `{v}`" for k, v in files.items()]
+    lines += [f"\n![{k}]({v})" for k, v in files.items() if v.endswith(".png")]
     per_kind = _kind_line(result["metrics"])
     if per_kind:
         lines += ["", per_kind]
@@ -161,6 +171,9 @@ def plot_losses(state: dict, names: list[str], path: Path) -> None:
             if curve.get("val_reward"):
                 ax.plot(*zip(*curve["val_reward"]), "o-", label="validation (greedy)",
                         markersize=3)
+            for key in sorted(k for k in curve if k.startswith("reward/") and curve[k]):
+                steps, values = zip(*curve[key])  # each function: where a reward is gamed
+                ax.plot(steps, smoothed(values), "--", lw=1, label=key[len("reward/"):])
             ax.set(title=f"{name}: reward", xlabel="step")
             ax.legend(fontsize=8)
             continue
@@ -233,7 +246,10 @@ def write_report(run_dir: Path, config: PipelineConfig, state: dict, planned: li
              "Held-out questions are about facts no SFT example mentions; capitals are most "
              "of them, so *macro* averages the six fact kinds with equal weight. *Cloze* asks "
              "the same facts in plain form (\"The capital of France is\"): what the model "
-             "knows, beside what it can say in chat. *Polite* is the preferred style of the "
+             "knows, beside what it can say in chat. *Strict* grades the same replies with a "
+             "verifier that also reads how the reply restates the question (\"Tuesday comes "
+             "after Tuesday.\" is right leniently, wrong strictly); *right only leniently* "
+             "counts the replies where the two disagree. *Polite* is the preferred style of the "
              "preference data; *general ppl* is perplexity on held-out pretraining text "
              "(forgetting: the ratio to the base).", "",
              summary["kinds_table"], "",

@@ -20,6 +20,8 @@ from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _TrainingStage
 from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stage_train_config,
                                      target_names, train_ftlab, trainable_model, training_curves)
+from ftlab.reward.judges import reward_model_reward
+from ftlab.reward.model import load_reward_model
 from ftlab.rl import GRPOObjective, end_of_turn_ids, reward_functions
 from ftlab.rl.rewards import by_kind
 from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompt_problems, long_prompts,
@@ -73,7 +75,7 @@ class GRPOStage(_TrainingStage):
         if data is not None and data.path is None:
             problems.append("data.mixture: a grpo stage reads one prompt file: give data.path")
         elif data is not None:
-            found = prompt_problems(data.path, "correct" in grpo.rewards)[1]
+            found = prompt_problems(data.path, grpo.needs_facts)[1]
             problems += found[:MAX_LISTED] + ([f"data.path: ... and {len(found) - MAX_LISTED} "
                                                "more problems in the prompt file"]
                                               if len(found) > MAX_LISTED else [])
@@ -84,19 +86,23 @@ class GRPOStage(_TrainingStage):
                             "first update is not on-policy; set lora.dropout: 0")
         return problems
 
+    def references(self) -> list[tuple[str, str, str]]:
+        return [(f"grpo.rewards.{name}.stage", stage, "reward")
+                for name, stage in _grpo(self.config).reward_stages.items()]
+
     def check_inputs(self, tokenizer) -> list[str]:
         """Questions over ``grpo.max_prompt_length`` tokens, with file:line, unless the
         config says to truncate them."""
         data, grpo = self.config.data, _grpo(self.config)
         if data is None or data.path is None or grpo.long_prompts != "error":
             return []
-        records = prompt_problems(data.path, "correct" in grpo.rewards)[0]
+        records = prompt_problems(data.path, grpo.needs_facts)[0]
         over = long_prompts(data.path, records, tokenizer, grpo.max_prompt_length)
         return long_prompt_problems(data.path, over[:MAX_LISTED], grpo.max_prompt_length)
 
     def describe(self) -> str:
         grpo = _grpo(self.config)
-        weights = ", ".join(f"{n} x{w:g}" for n, w in grpo.rewards.items())
+        weights = ", ".join(f"{n} x{w:g}" for n, w in grpo.weights.items())
         return (super().describe() + f", G={grpo.group_size}, beta {grpo.beta:g}, "
                 f"T {grpo.temperature:g}, {grpo.loss_type}, rewards {weights}")
 
@@ -105,7 +111,7 @@ class GRPOStage(_TrainingStage):
         lora, quant = self._lora_and_quant()
         grpo = _grpo(ctx.stage)
         records, counts = prepare_prompts(
-            data_cfg.path, load_prompts(data_cfg.path, "correct" in grpo.rewards), ctx.tokenizer,
+            data_cfg.path, load_prompts(data_cfg.path, grpo.needs_facts), ctx.tokenizer,
             grpo.max_prompt_length, grpo.long_prompts, grpo.duplicate_prompts)
         train_records, val_records = split_prompts(records, data_cfg.validation_fraction,
                                                    data_cfg.seed)
@@ -116,8 +122,12 @@ class GRPOStage(_TrainingStage):
                 + (f"; {repeats} repeated lines {fate}" if repeats else "")
                 + (f"; {counts['prompts/truncated']} questions truncated to "
                    f"{grpo.max_prompt_length} tokens" if counts["prompts/truncated"] else ""))
-        rewards = reward_functions(grpo.rewards, end_of_turn_ids(ctx.tokenizer),
+        rewards = reward_functions(grpo.weights, end_of_turn_ids(ctx.tokenizer),
                                    all(names_fact(r) for r in records))
+        for name, stage in grpo.reward_stages.items():  # scored by an earlier reward model
+            rewards[name] = reward_model_reward(load_reward_model(
+                ctx.earlier[stage].artifacts["reward_model"], ctx.tokenizer.pad_token_id),
+                ctx.tokenizer)
         keeper = _SampleKeeper(grpo.group_size)
         model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
         objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, grpo,

@@ -97,6 +97,7 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
     each prefixed ``<source>:<line>:`` when the config file ``source`` is given.
     """
     planned, problems, has_adapter, tokenizer = [], [], False, None
+    earlier: dict[str, str] = {}  # name -> kind of the stages planned so far
     processes = processes or launched_world_size()
     if check_model and (problem := model_problem(config.model.name_or_path)):
         problems.append((("model", "name_or_path"), f"model.name_or_path: {problem}"))
@@ -111,6 +112,13 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
             continue
         problems += [(("stages", index, *_section_of(p)), f"{where}: {p}")
                      for p in stage.check(has_adapter)]
+        for key, name, kind in stage.references():
+            if earlier.get(name) != kind:
+                known = ", ".join(f"{n} ({k})" for n, k in earlier.items()) or "none"
+                problems.append((("stages", index, *key.split(".")), (
+                    f"{where}: {key}: '{name}' is not an earlier {kind} stage (stages before "
+                    f"this one: {known}); a stage can only read what ran before it")))
+        earlier[stage_config.name] = stage_config.kind
         if check_model and not problems and type(stage).check_inputs is not Stage.check_inputs:
             tokenizer = tokenizer or load_model_tokenizer(config.model)
             problems += [(("stages", index, "data", "path"), f"{where}: {p}")

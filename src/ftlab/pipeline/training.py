@@ -104,7 +104,9 @@ tokens comes from replay (or from the task data)."""
 
 def training_curves(folder: Path) -> dict[str, list[list[float]]]:
     """``loss`` and ``val_loss`` as ``[step, value]`` lists from the stage's metrics log
-    (a grpo stage adds ``reward``, its samples' mean reward, and ``val_reward``: greedy).
+    (a grpo stage adds ``reward``, its samples' mean reward, ``reward/<name>`` per reward
+    function — the verifier's ``correct`` among them even at weight 0 — and ``val_reward``:
+    greedy).
 
     When the stage replays general text (steps log ``targets/replay``), also
     ``loss/task`` and ``loss/replay``: the losses of steps whose trained tokens are at least
@@ -120,6 +122,8 @@ def training_curves(folder: Path) -> dict[str, list[list[float]]]:
         curves["reward"] = [[r["step"], r["reward"]] for r in steps]
         curves["val_reward"] = [[r["step"], r["val_reward"]] for r in records
                                 if r["kind"] == "eval" and "val_reward" in r]
+        for key in sorted({k for r in steps for k in r if k.startswith("reward/")}):
+            curves[key] = [[r["step"], r[key]] for r in steps if key in r]
     if any("targets/replay" in r for r in steps):
         share = {r["step"]: r.get("targets/replay", 0) / max(r["targets"], 1) for r in steps}
         curves["loss/task"] = [[r["step"], r["loss"]] for r in steps

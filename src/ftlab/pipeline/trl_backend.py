@@ -4,7 +4,7 @@ SFT: ``trl.SFTTrainer`` is given our tokenized examples (``input_ids`` + ``label
 included), so both backends train exactly the same tokens. DPO: ``trl.DPOTrainer`` is given
 the preference records and tokenizes them itself (its completion also scores the newline the
 chat template puts after ``<|im_end|>``; ours stops at the end-of-turn token the model
-generates — one token per reply). Both train a PEFT ``LoraConfig`` equal to the stage's
+generates — one token per reply). Reward models: ``trl.RewardTrainer`` on the same records. Both train a PEFT ``LoraConfig`` equal to the stage's
 ``lora`` section; the adapter is saved in PEFT format. TRL runs are not resumable mid-stage
 (a rerun of the stage starts over). Their progress is ftlab's (a bar, or a few lines in a
 log) and the libraries' warnings are kept in ``<stage>/train/warnings.txt``, not printed.
@@ -139,7 +139,7 @@ def library_warnings(folder: Path) -> Iterator[None]:
                 (folder / "train" / "warnings.txt").write_text("\n".join(lines) + "\n")
 
 
-def _finish(trainer, folder: Path, progress: bool) -> dict[str, float]:
+def _finish(trainer, folder: Path, progress: bool, adapter: str = "adapter") -> dict[str, float]:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for noisy in (PrinterCallback, ProgressCallback):  # TRL's raw dicts, tqdm's own bar
@@ -148,7 +148,7 @@ def _finish(trainer, folder: Path, progress: bool) -> dict[str, float]:
     trainer.train()
     if ranks().is_main:  # under accelerate launch every process trains; rank 0 writes
         write_log(trainer.state.log_history, folder)
-        trainer.model.save_pretrained(str(folder / "adapter"))
+        trainer.model.save_pretrained(str(folder / adapter))
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     return {"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else math.nan,
@@ -244,7 +244,7 @@ def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list
         use_bias_correction_kl=grpo.kl_correction,
         epsilon=grpo.epsilon, epsilon_high=grpo.epsilon_high or grpo.epsilon,
         num_iterations=grpo.iterations, loss_type=grpo.loss_type,
-        scale_rewards=grpo.scale_rewards, reward_weights=[grpo.rewards.get(n, 0.0) for n in names],
+        scale_rewards=grpo.scale_rewards, reward_weights=[grpo.weights.get(n, 0.0) for n in names],
         log_completions=False)
     dataset = lambda rows: Dataset.from_list(  # noqa: E731
         [{**{k: v for k, v in r.items() if k != "question"},
@@ -262,3 +262,32 @@ def train_grpo(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list
                                            if line["kind"] == "step" and line["step"] in reward
                                            else line) + "\n" for line in lines))
     return figures
+
+
+@_quiet
+def train_reward(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: list[dict],
+                 validation: list[dict], config: TrainConfig, lora: LoRAConfig,
+                 targets: list[str], center_coefficient: float | None, folder: Path,
+                 max_length: int, progress: bool) -> dict[str, float]:
+    """A reward model with ``trl.RewardTrainer`` on preference records (TRL's format, an
+    optional ``margin``): ``model`` is the sequence-classification model (``num_labels=1``),
+    trained with a PEFT ``LoraConfig`` (task ``SEQ_CLS``, the ``score`` head in
+    ``modules_to_save``); writes the PEFT folder to ``folder/trl_adapter``; returns its
+    figures."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    arguments = training_arguments(config, folder, progress, bool(validation))
+    arguments["train_sampling_strategy"] = "random"  # pair datasets have no input_ids length
+    args = RewardConfig(**arguments, max_length=max_length,
+                        center_rewards_coefficient=center_coefficient or None)
+    peft = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets, bias="none", task_type="SEQ_CLS",
+                      modules_to_save=["score"])
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
+                            eval_dataset=Dataset.from_list(validation) if validation else None,
+                            processing_class=tokenizer, peft_config=peft)
+    figures = _finish(trainer, folder, progress, adapter="trl_adapter")
+    accuracy = [e["accuracy"] for e in trainer.state.log_history if "accuracy" in e]
+    return figures | ({"accuracy": accuracy[-1]} if accuracy else {})

@@ -76,7 +76,8 @@ class GRPOObjective:
     ``prompts``: records with a ``question`` and any fields the reward functions read
     (``id``, ``kind``, ...) — training and validation prompts in one list; the trainer's
     examples are :meth:`examples` of the indices of each (one example per prompt).
-    ``rewards``: reward functions by name, weighted by ``settings.rewards``; ``settings``:
+    ``rewards``: reward functions by name, weighted by ``settings.weights``; they read the
+    replies as decoded, unstripped (``Rollouts.raw_texts``), as TRL hands them; ``settings``:
     the stage config's ``grpo`` section.
     ``on_round``: called with each new round's first micro-batch — its prompt records,
     :class:`Rollouts`, per-completion rewards and advantages (a report's sample groups).
@@ -127,7 +128,7 @@ class GRPOObjective:
         rollouts = sample_groups(model, self.tokenizer, [r["question"] for r in records], g,
                                  self.cfg.max_new_tokens, temp, self.cfg.top_p, None)
         prompts = [r["question"] for r in records for _ in range(g)]
-        return rollouts, score(self.rewards, self.cfg.rewards, prompts, rollouts.texts,
+        return rollouts, score(self.rewards, self.cfg.weights, prompts, rollouts.raw_texts,
                                self._fields(records, rollouts, g))
 
     @torch.no_grad()

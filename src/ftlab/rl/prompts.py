@@ -104,10 +104,13 @@ def long_prompts(path: Path, records: list[tuple[int, dict]], tokenizer,
     return [(line, n) for line, n in lengths if n > limit]
 
 
-def long_prompt_problems(path: Path, over: list[tuple[int, int]], limit: int) -> list[str]:
-    """One ``<file>:<line>: ...`` problem per question of :func:`long_prompts`."""
-    return [f"{path}:{line}: the question is {n} tokens, over grpo.max_prompt_length ({limit}); "
-            "shorten it, raise the limit, or set grpo.long_prompts: truncate" for line, n in over]
+def long_prompt_problems(path: Path, over: list[tuple[int, int]], limit: int,
+                         section: str = "grpo") -> list[str]:
+    """One ``<file>:<line>: ...`` problem per question of :func:`long_prompts`, naming the
+    ``section`` whose ``max_prompt_length`` it is over."""
+    fix = (", or set grpo.long_prompts: truncate" if section == "grpo" else "")
+    return [f"{path}:{line}: the question is {n} tokens, over {section}.max_prompt_length "
+            f"({limit}); shorten it or raise the limit{fix}" for line, n in over]
 
 
 def prepare_prompts(path: Path, records: list[tuple[int, dict]], tokenizer, limit: int,

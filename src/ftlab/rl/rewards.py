@@ -10,7 +10,7 @@ the completions, plus ``completion_ids`` (lists of token ids, the stop token inc
 the reply stopped). Unknown keyword arguments must be accepted (``**fields``).
 
 The built-in rewards (:func:`builtin_rewards`) live on the embedded world: ``correct`` asks
-:func:`ftlab.world.check_answer`, ``polite`` :func:`ftlab.world.is_polite`; ``ended`` asks
+:func:`ftlab.world.check_answer`, ``correct_strict`` its strict reading, ``polite`` :func:`ftlab.world.is_polite`; ``ended`` asks
 whether the completion stopped at the end-of-turn token; ``length`` penalises tokens beyond
 a budget.
 """
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ftlab.config import register_reward_name
+from ftlab.config import FACT_REWARDS, register_reward_name
 from ftlab.errors import FtlabError
-from ftlab.world import all_facts, check_answer, is_polite
+from ftlab.world import check_answer, is_polite
+from ftlab.world.facts import fact_by_id
 
 RewardFn = Callable[..., list[float]]
 
@@ -42,18 +43,17 @@ def reply_text(completion: str | list[dict]) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
-_FACTS: dict[str, object] = {}
-
-
-def _fact(fact_id: str):
-    if not _FACTS:
-        _FACTS.update({f.id: f for f in all_facts()})
-    return _FACTS[fact_id]
-
-
 def correct(prompts: list, completions: list, id: list[str], **fields) -> list[float]:  # noqa: A002
     """1.0 when the reply gives the fact's answer and no rival one (:func:`check_answer`)."""
-    return [float(check_answer(_fact(i), reply_text(c))) for c, i in zip(completions, id)]
+    return [float(check_answer(fact_by_id(i), reply_text(c))) for c, i in zip(completions, id)]
+
+
+def correct_strict(prompts: list, completions: list, id: list[str], **fields  # noqa: A002
+                   ) -> list[float]:
+    """1.0 when :func:`check_answer`'s strict reading accepts the reply: the right answer, no
+    rival, and a restatement of the question that names its own subject."""
+    return [float(check_answer(fact_by_id(i), reply_text(c), strict=True))
+            for c, i in zip(completions, id)]
 
 
 def polite(prompts: list, completions: list, **fields) -> list[float]:
@@ -101,7 +101,7 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 def builtin_rewards(end_ids: Sequence[int]) -> dict[str, RewardFn]:
     """The built-in reward functions by config name (``ended`` needs the end-of-turn ids,
     :func:`ftlab.rl.end_of_turn_ids`)."""
-    return {"correct": correct, "polite": polite, "ended": ended_by(end_ids),
+    return {"correct": correct, "correct_strict": correct_strict, "polite": polite, "ended": ended_by(end_ids),
             "length": length_penalty()}
 
 
@@ -112,11 +112,11 @@ BUILTIN = tuple(builtin_rewards(()))
 def reward_functions(weights: dict[str, float], end_ids: Sequence[int], facts_known: bool
                      ) -> dict[str, RewardFn]:
     """What a run scores: every weighted function (built-in or registered) and, for the
-    logs, the unweighted built-ins that can score its prompts — ``correct`` only when
-    ``facts_known`` (every prompt names a fact of the world)."""
+    logs, the unweighted built-ins that can score its prompts — the two ``correct`` ones
+    only when ``facts_known`` (every prompt names a fact of the world)."""
     functions = {**builtin_rewards(end_ids), **REGISTERED}
     return {n: f for n, f in functions.items()
-            if n in weights or (n in BUILTIN and (n != "correct" or facts_known))}
+            if n in weights or (n in BUILTIN and (n not in FACT_REWARDS or facts_known))}
 
 
 def by_kind(records: list[dict], totals: torch.Tensor, group_size: int) -> dict[str, list[float]]:

@@ -50,7 +50,9 @@ class Rollouts:
     ``prompt_ids`` / ``prompt_mask``: (P*G, Tp), left-padded; ``completion_ids`` /
     ``completion_mask``: (P*G, C), right-padded, mask 1 through the first stop token;
     ``texts``: each completion's reply (text before the stop token, special tokens
-    dropped); ``ended``: whether it stopped by itself within the token budget.
+    dropped, surrounding whitespace stripped); ``ended``: whether it stopped by itself within
+    the token budget; ``raw_texts``: the replies as decoded, not stripped (a leading space
+    stays): what TRL's trainers hand their reward models.
     """
 
     prompt_ids: torch.Tensor
@@ -59,6 +61,7 @@ class Rollouts:
     completion_mask: torch.Tensor
     texts: list[str]
     ended: list[bool]
+    raw_texts: list[str]
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -108,6 +111,7 @@ def sample_groups(model: nn.Module, tokenizer: PreTrainedTokenizerBase, question
     ended = is_stop.any(-1)
     first_stop = torch.where(ended, is_stop.int().argmax(-1), new.shape[1] - 1)
     completion_mask = (torch.arange(new.shape[1], device=device)[None] <= first_stop[:, None]).long()
-    texts = [tokenizer.decode(row[:int(n) - int(e)], skip_special_tokens=True).strip()
-             for row, n, e in zip(new.tolist(), completion_mask.sum(-1), ended)]
-    return Rollouts(ids, mask, new, completion_mask, texts, ended.tolist())
+    raw = [tokenizer.decode(row[:int(n) - int(e)], skip_special_tokens=True)
+           for row, n, e in zip(new.tolist(), completion_mask.sum(-1), ended)]
+    return Rollouts(ids, mask, new, completion_mask, [t.strip() for t in raw], ended.tolist(),
+                    raw)

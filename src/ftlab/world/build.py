@@ -15,6 +15,8 @@ Layout under ``out``::
     sft/mixed_style.jsonl       the capstone's SFT set: 60% terse or rude answers
     preferences/train.jsonl     style and entity pairs on SFT-split facts (TRL format)
     preferences/heldout.jsonl   the same on held-out facts
+    preferences/reward_train.jsonl  train.jsonl's pairs plus same-style right-vs-wrong pairs:
+                                what a reward model trains on
     eval/heldout_chat.jsonl     questions on facts held out of SFT
     eval/seen_chat.jsonl        SFT-split facts asked in phrasings sft/ never uses
     eval/cloze.jsonl            plain-completion prompts for every fact
@@ -35,7 +37,7 @@ import pyarrow.parquet as pq
 from ftlab.world import corpus, datasets
 from ftlab.world.facts import all_facts, split_facts
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when the generator's output changes for the same seed."""
 DEFAULT_SEED = 0
 ALPACA_INPUT_SHARE = 1 / 3
@@ -132,6 +134,10 @@ def world_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
         ),
         "preferences/train.jsonl": _jsonl(
             datasets.preference_pairs(sft_facts, facts, rng("pref-train"))
+        ),
+        "preferences/reward_train.jsonl": _jsonl(
+            datasets.preference_pairs(sft_facts, facts, rng("pref-train"))
+            + datasets.reward_pairs(sft_facts, facts, rng("pref-reward"))
         ),
         "preferences/heldout.jsonl": _jsonl(
             datasets.preference_pairs(held_facts, facts, rng("pref-heldout"))

@@ -88,6 +88,35 @@ def preference_pairs(facts: list[Fact], all_facts: list[Fact], rng: random.Rando
     return out
 
 
+REWARD_ENTITY_PAIRS_PER_FACT = 6
+"""Extra right-vs-wrong pairs per SFT fact in the reward-model training file."""
+
+
+def reward_pairs(facts: list[Fact], all_facts: list[Fact], rng: random.Random,
+                 per_fact: int = REWARD_ENTITY_PAIRS_PER_FACT) -> list[dict]:
+    """Entity pairs for a reward model: ``per_fact`` questions per fact, each answered rightly
+    and wrongly (another answer of the kind) in the *same* style (polite half of the time,
+    else terse or rude), so only correctness tells the two apart. A reward model trained on
+    :func:`preference_pairs` alone learns style at once but correctness on unseen facts
+    barely (about 53% on held-out entity pairs); these pairs are what it learns truth from.
+    Same record format as :func:`preference_pairs` (``pair_type`` ``entity``)."""
+    answers_of = {k: sorted({f.answer for f in all_facts if f.kind == k}) for k in KINDS}
+    out = []
+    for fact in facts:
+        for q in _questions(fact, per_fact, rng):
+            style = rng.choice(("polite", "polite", "terse", "rude"))
+            wrong = _wrong_value(fact, answers_of[fact.kind], rng)
+            out.append({
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": answer(fact, style, rng)}],
+                "rejected": [{"role": "assistant",
+                              "content": answer(fact, style, rng, value=wrong)}],
+                "pair_type": "entity", "id": fact.id, "kind": fact.kind,
+                "subject": fact.subject,
+            })
+    return out
+
+
 def chat_eval(
     facts: list[Fact], per_fact: int, rng: random.Random, exclude: frozenset = frozenset()
 ) -> list[dict]:

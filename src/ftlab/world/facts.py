@@ -237,6 +237,20 @@ def all_facts() -> list[Fact]:
     return facts
 
 
+_BY_ID: dict[str, Fact] = {}
+
+
+def fact_by_id(fact_id: str) -> Fact:
+    """The fact whose :attr:`Fact.id` is ``fact_id`` (``capital:France``); KeyError naming it
+    when the world has none."""
+    if not _BY_ID:
+        _BY_ID.update({f.id: f for f in all_facts()})
+    try:
+        return _BY_ID[fact_id]
+    except KeyError:
+        raise KeyError(f"no fact of the world has the id {fact_id!r}") from None
+
+
 def split_facts(facts: list[Fact], seed: int) -> dict[str, str]:
     """Assign each fact to ``"sft"`` or ``"heldout"``.
 

@@ -70,6 +70,7 @@ def _contains(words: list[str], phrase: list[str]) -> bool:
 
 
 _ANSWERS_BY_KIND: dict[str, frozenset[str]] = {}
+_NAMES: list[list[str]] = []
 
 
 def _kind_answers(kind: str) -> frozenset[str]:
@@ -80,19 +81,57 @@ def _kind_answers(kind: str) -> frozenset[str]:
     return _ANSWERS_BY_KIND[kind]
 
 
-def check_answer(fact: Fact, response: str) -> bool:
+def subject_names(fact: Fact) -> list[str]:
+    """The names a restatement of the question may use for its subject: the operands of a
+    sum or a colour mix, else the subject, plus an animal's plural (``spiders``)."""
+    slots = dict(fact.slots)
+    operands = [slots[k] for k in ("x", "y") if k in slots]
+    return (operands or [fact.subject]) + ([slots["pl"]] if "pl" in slots else [])
+
+
+def _world_names() -> list[list[str]]:
+    """Every answer and subject name of the world (any kind), as word lists."""
+    if not _NAMES:
+        names = {n for f in all_facts() for n in (f.answer, *subject_names(f))}
+        _NAMES.extend(sorted(_words(n) for n in names))
+    return _NAMES
+
+
+def _remove_once(words: list[str], phrase: list[str]) -> list[str]:
+    n = len(phrase)
+    i = next(i for i in range(len(words) - n + 1) if words[i : i + n] == phrase)
+    return words[:i] + words[i + n :]
+
+
+def check_answer(fact: Fact, response: str, strict: bool = False) -> bool:
     """Whether ``response`` gives the fact's answer and no competing one.
 
     Case and punctuation are ignored and matching is by whole words. The response is
     correct when it contains the expected answer and no other answer of the same kind,
     except words that are part of the question's subject (``3 plus 4`` may repeat 3 and 4).
     Listing every capital is therefore wrong; ``Sure! 3 plus 4 is 7.`` is right.
+
+    ``strict`` also reads how the reply restates the question: once one occurrence of the
+    answer is set aside, every other name of the world in it (any kind's answer or subject:
+    a day, a month, a number, a country, a colour, an animal) must name the question's
+    subject (:func:`subject_names`). So for *the day after Monday* ``Tuesday comes after
+    Tuesday.`` (the answer where the subject belongs) and ``The month after Thursday is
+    Tuesday.`` (another subject) are wrong, and so is ``3 plus 5 is 7.`` for 3 plus 4 (other
+    operands); ``Tuesday.`` and ``Monday is followed by Tuesday.`` stay right. The price: a
+    reply that repeats its answer or mentions any other name of the world (``May`` the verb
+    reads as the month) is wrong too. Every answer the world itself renders is right under
+    both readings.
     """
     words = _words(response)
-    if not _contains(words, _words(fact.answer)):
+    answer = _words(fact.answer)
+    if not _contains(words, answer):
         return False
     subject = set(_words(fact.subject))
     rivals = (a for a in _kind_answers(fact.kind) if a != fact.answer)
-    return not any(
-        _contains(words, _words(r)) for r in rivals if not set(_words(r)) <= subject
-    )
+    if any(_contains(words, _words(r)) for r in rivals if not set(_words(r)) <= subject):
+        return False
+    if not strict:
+        return True
+    rest = _remove_once(words, answer)
+    allowed = {w for n in subject_names(fact) for w in _words(n)}
+    return not any(_contains(rest, n) for n in _world_names() if not set(n) <= allowed)
