@@ -86,7 +86,7 @@ def table(report: dict) -> str:
     head = "| figure | " + " | ".join(f"seed {s}" for s in names) + " |"
     lines = ["# The RL capstone on the lenient and the strict verifier", "",
              f"{env['date']}, {env['cpu']['model']} ({env['cpu_count']} CPUs, torch kernels "
-             f"{env['cpu']['kernels']}), torch {env['torch']}, commit {env['git_commit']}. "
+             f"{env['cpu']['torch_capability']}), torch {env['torch']}, commit {env['git_commit']}. "
              "Produced by `benchmarks/bench_rl_graders.py`. Held-out chat questions (facts held "
              "out of SFT); *lenient* and *strict* are the two readings of `check_answer`; "
              "cells are lenient-trained / strict-trained GRPO unless said.", "",

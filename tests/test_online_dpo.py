@@ -110,7 +110,7 @@ def test_llm_judge_cancels_position_bias(embedded):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids, attention_mask, **kwargs):
             logits = torch.zeros(*input_ids.shape, len(tok))
             logits[..., a_id] = 3.0
             return type("Out", (), {"logits": logits})

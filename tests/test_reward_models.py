@@ -181,3 +181,43 @@ def test_reward_objective_step_does_not_depend_on_the_micro_batch_split():
     (one, grads_one), (two, grads_two) = results
     assert abs(one - two) < 1e-6
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads_one, grads_two))
+
+
+def test_a_reward_head_loads_whole_or_not_at_all(tmp_path):
+    """The scalar head is saved whole beside the LoRA tensors and loaded back exactly; a
+    folder whose head has another shape (num_labels 2), lacks the head it lists, or holds a
+    tensor outside modules_to_save is refused before the model is touched."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from ftlab.errors import ArtifactError
+    from ftlab.lora import inject_lora, load_adapter, save_adapter
+    from ftlab.lora.peft_io import WEIGHTS
+
+    trained = inject_lora(_model(), ["model.layers.0.self_attn.q_proj"], 4, 8)
+    with torch.no_grad():
+        trained.score.weight.normal_()
+        next(iter(p for n, p in trained.named_parameters() if "lora_B" in n)).normal_()
+    folder = save_adapter(trained, tmp_path / "rm", None, "SEQ_CLS", ("score",))
+    assert json.loads((folder / "adapter_config.json").read_text())["modules_to_save"] == ["score"]
+    fresh = load_adapter(_model(), folder)
+    batch = _batch("right")
+    with torch.no_grad():
+        assert torch.equal(fresh(**batch).logits, trained(**batch).logits)
+
+    config = LlamaConfig(**{**_model().config.to_dict(), "num_labels": 2})
+    with pytest.raises(ArtifactError, match="shape"):
+        load_adapter(LlamaForSequenceClassification(config), folder)
+    tensors = load_file(str(folder / WEIGHTS))
+    headless = {k: v for k, v in tensors.items() if "score" not in k}
+    save_file(headless, str(folder / WEIGHTS))
+    untouched = _model()
+    before = untouched.score.weight.clone()
+    with pytest.raises(ArtifactError, match="lacks base_model.model.score.weight"):
+        load_adapter(untouched, folder)
+    assert torch.equal(untouched.score.weight, before)
+    save_file({**tensors, "base_model.model.model.embed_tokens.weight":
+               torch.zeros_like(_model().model.embed_tokens.weight)}, str(folder / WEIGHTS))
+    with pytest.raises(ArtifactError, match="neither a LoRA tensor nor part of a module"):
+        load_adapter(_model(), folder)

@@ -277,7 +277,7 @@ def test_grpo_plan_refuses_bad_prompts_unknown_rewards_and_several_processes(tmp
         plan(load_config(_rl_config(tmp_path, prompts)))
     text = str(e.value)
     assert f"{prompts}:2: not JSON" in text and f"{prompts}:3: a prompt needs" in text
-    assert f"{prompts}:4: the 'correct' reward needs an 'id'" in text and ":1:" not in text
+    assert f"{prompts}:4: the world's verifier (the 'correct' rewards, the verifier judges) needs an 'id'" in text and ":1:" not in text
     assert f"{prompts}:5: column(s) completions would clash" in text
     with pytest.raises(ConfigError) as e:
         load_config(_rl_config(tmp_path, prompts, rewards={"corect": 1.0}))

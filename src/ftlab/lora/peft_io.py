@@ -88,13 +88,9 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     """
     folder = Path(folder)
     config, tensors = read_adapter(folder)
-    for key in [k for k in tensors if not _is_lora(k)]:
-        try:
-            param = model.get_parameter(key[len(PREFIX):])
-        except AttributeError:
-            raise ArtifactError(f"{folder / WEIGHTS}: {key} matches no parameter of the model "
-                                f"(modules_to_save: {config.get('modules_to_save')})") from None
-        with torch.no_grad():
+    whole = _whole_modules(model, config, tensors, folder)
+    with torch.no_grad():
+        for key, param in whole.items():
             param.copy_(tensors.pop(key))
     names = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors})
     inject_lora(model, names, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0))
@@ -105,6 +101,42 @@ def load_adapter(model: nn.Module, folder: Path) -> nn.Module:
     if tensors:
         raise ArtifactError(f"{folder / WEIGHTS}: unused tensors {sorted(tensors)[:3]}")
     return model
+
+
+def _whole_modules(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor],
+                   folder: Path) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` the folder's whole-module tensors replace, by key, all
+    checked before anything is copied: every non-LoRA key must lie under a module listed in
+    ``modules_to_save`` that ``model`` has, with the parameter's shape, and every parameter
+    of such a module must be in the folder (a head left at its random start would score at
+    random). Modules the config lists but the model lacks are skipped (PEFT lists
+    ``classifier`` and ``score`` for every SEQ_CLS model)."""
+    listed = [m for m in config.get("modules_to_save") or [] if _has_module(model, m)]
+    found = {}
+    for key in (k for k in tensors if not _is_lora(k)):
+        name = key[len(PREFIX):] if key.startswith(PREFIX) else None
+        if name is None or not any(name.startswith(f"{m}.") for m in listed):
+            raise ArtifactError(f"{folder / WEIGHTS}: {key} is neither a LoRA tensor nor part of "
+                                f"a module in modules_to_save ({config.get('modules_to_save')})")
+        param = model.get_parameter(name)
+        if param.shape != tensors[key].shape:
+            raise ArtifactError(f"{folder / WEIGHTS}: {key} has shape {tuple(tensors[key].shape)}"
+                                f", the model's {name} {tuple(param.shape)} (another num_labels?)")
+        found[key] = param
+    for module in listed:
+        for name, _ in model.get_submodule(module).named_parameters():
+            if f"{PREFIX}{module}.{name}" not in found:
+                raise ArtifactError(f"{folder / WEIGHTS}: lacks {PREFIX}{module}.{name}, which "
+                                    "modules_to_save says the folder holds")
+    return found
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def combine_adapters(folders: list[Path], out: Path, base_model_name_or_path: str) -> Path:

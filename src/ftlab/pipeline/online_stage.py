@@ -155,5 +155,6 @@ def heldout_agreement(policy, tokenizer, judges: dict[str, Judge], cfg: OnlineDP
     rollouts = sample_groups(policy, tokenizer, questions, 2, cfg.max_new_tokens,
                              cfg.temperature, cfg.top_p,
                              torch.Generator().manual_seed(AGREEMENT_SEED))
-    pairs = [(rollouts.texts[2 * i], rollouts.texts[2 * i + 1]) for i in range(len(items))]
+    texts = rollouts.raw_texts  # as the judges read them in training
+    pairs = [(texts[2 * i], texts[2 * i + 1]) for i in range(len(items))]
     return agreement_figures(judges, questions, pairs, [f.id for f, _ in items])

@@ -128,7 +128,8 @@ class RewardStage(_TrainingStage):
         held = heldout_reward_pairs(ctx.stage, ctx.tokenizer, data_cfg.max_length)
         model = scalar_head_model(load_model(ctx.model, ctx.run.model.dtype), pad_id, train.seed)
         before = pair_rewards(model, held, pad_id)
-        names = target_names(model, lora)
+        # the head trains in full; architectures without a known target list would adapt it
+        names = [n for n in target_names(model, lora) if n.rsplit(".", 1)[-1] != HEAD]
         out = ctx.folder / REWARD_MODEL
         base = resolvable_base(ctx.model.path)
         if ctx.stage.backend == "ftlab":

@@ -127,8 +127,10 @@ class LLMJudge:
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt",
                                    padding=True, padding_side="left", add_special_tokens=False)
-            logits = self.model(input_ids=batch["input_ids"].to(device),
-                                attention_mask=batch["attention_mask"].to(device)).logits[:, -1]
+            mask = batch["attention_mask"].to(device)
+            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
+                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                logits_to_keep=1).logits[:, -1]
             logp = logits.float().log_softmax(-1)[:, self.letters]
             out.append((logp[:, 0] - logp[:, 1]).double().cpu())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
@@ -138,9 +140,11 @@ class LLMJudge:
         was_training = self.model.training
         self.model.eval()
         a, b = [x for x, _ in pairs], [y for _, y in pairs]
-        first = self.letter_preference(prompts, a, b)
-        second = self.letter_preference(prompts, b, a)
-        self.model.train(was_training)
+        try:
+            first = self.letter_preference(prompts, a, b)
+            second = self.letter_preference(prompts, b, a)
+        finally:
+            self.model.train(was_training)
         self.judged += len(pairs)
         self.order_flips += int(((first > 0) == (second > 0)).sum())  # each order picks "its A"
         return _verdicts((first - second) / 2)

@@ -82,6 +82,8 @@ def pair_rewards(model: PreTrainedModel, pairs: list[dict], pad_id: int, batch_s
         chosen.append(c)
         rejected.append(r)
     model.train(was_training)
+    if not chosen:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
     return torch.cat(chosen), torch.cat(rejected)
 
 
@@ -124,7 +126,11 @@ class RewardObjective:
 
     def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch = collate_pairs(examples, pad_id)
-        if all("margin" in e for e in examples):
+        with_margin = sum("margin" in e for e in examples)
+        if 0 < with_margin < len(examples):
+            raise ValueError("some preference pairs carry a 'margin' and others do not: give "
+                             "every pair one (0 for none) or none at all")
+        if with_margin:
             batch["margin"] = torch.tensor([float(e["margin"]) for e in examples])
         return batch
 

@@ -27,6 +27,7 @@ from ftlab.align.loss import dpo_loss
 from ftlab.lora import adapters_disabled
 from ftlab.reward.judges import TIE, Judge, JudgeError, VerifierJudge
 from ftlab.rl.objective import token_logprobs
+from ftlab.rl.prompts import names_fact
 from ftlab.rl.sampling import sample_groups
 from ftlab.train.step import Accumulated
 from ftlab.world import check_answer
@@ -92,7 +93,7 @@ class OnlineDPOObjective:
                 "real_tokens": torch.tensor(sum(len(e["input_ids"]) for e in examples))}
 
     def _facts_known(self, records: list[dict]) -> bool:
-        return all(isinstance(r.get("id"), str) and ":" in r["id"] for r in records)
+        return all(names_fact(r) for r in records)
 
     @torch.no_grad()
     def judged_pairs(self, model: nn.Module, records: list[dict]) -> dict:
@@ -132,20 +133,23 @@ class OnlineDPOObjective:
                    ) -> Accumulated:
         was_training = model.training
         model.eval()
-        rounds = [self.judged_pairs(model, [self.prompts[int(i)] for i in b["prompt_index"]])
-                  for b in micro_batches]
-        for part in rounds:
-            if part["chosen"]:
-                with adapters_disabled(model):
-                    part["reference"] = sequence_logprobs(model, part["tensors"])
-        model.train(was_training)
+        try:
+            rounds = [self.judged_pairs(model, [self.prompts[int(i)] for i in b["prompt_index"]])
+                      for b in micro_batches]
+            with torch.no_grad(), adapters_disabled(model):
+                for part in rounds:
+                    if part["chosen"]:
+                        part["reference"] = sequence_logprobs(model, part["tensors"])
+        finally:
+            model.train(was_training)
         pairs = sum(len(p["chosen"]) for p in rounds)
         asked = sum(len(p["verdicts"]) for p in rounds)
         chosen_tokens = sum(int(p["tensors"][3][p["chosen"]].sum()) for p in rounds)
         figures = {"ties": 1 - pairs / max(asked, 1)}
-        for key in rounds[0]["figures"]:
-            values = [p["figures"][key] for p in rounds if key in p["figures"]]
-            figures[key] = sum(values) / len(values)
+        for key in sorted({k for p in rounds for k in p["figures"]}):  # weighted by pairs asked
+            have = [p for p in rounds if key in p["figures"]]
+            figures[key] = (sum(p["figures"][key] * len(p["verdicts"]) for p in have)
+                            / sum(len(p["verdicts"]) for p in have))
         if pairs == 0:  # all ties: nothing to learn, no gradient (not a failed step)
             return Accumulated(loss=0.0, targets=0, metrics=figures)
         loss = margin = right = logp_c = logp_r = 0.0

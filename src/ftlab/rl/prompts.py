@@ -20,9 +20,9 @@ MAX_LISTED = 5
 """Problems listed one per line before the rest are counted."""
 
 RESERVED = frozenset({"prompt", "prompts", "completions", "completion_ids", "trainer_state",
-                      "log_extra", "log_metric", "environments"})
-"""Names a prompt file's columns may not take: the arguments reward functions receive from
-ftlab or TRL besides the columns."""
+                      "log_extra", "log_metric", "environments", "pairs"})
+"""Names a prompt file's columns may not take: the arguments reward functions (and judges:
+``pairs``) receive from ftlab or TRL besides the columns."""
 
 
 _FACT_IDS: set[str] = set()
@@ -60,8 +60,9 @@ def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[tuple[int, dict]
                             "reward functions' own arguments; rename them")
             continue
         if needs_fact and not names_fact(record):
-            problems.append(f"{where}: the 'correct' reward needs an 'id' naming a fact of the "
-                            f"world (e.g. 'capital:France'), got {record.get('id')!r}")
+            problems.append(f"{where}: the world's verifier (the 'correct' rewards, the "
+                            "verifier judges) needs an 'id' naming a fact of the world (e.g. "
+                            f"'capital:France'), got {record.get('id')!r}")
             continue
         records.append((number, record))
     if not records and not problems:

@@ -115,9 +115,10 @@ def check_answer(fact: Fact, response: str, strict: bool = False) -> bool:
     answer is set aside, every other name of the world in it (any kind's answer or subject:
     a day, a month, a number, a country, a colour, an animal) must name the question's
     subject (:func:`subject_names`). So for *the day after Monday* ``Tuesday comes after
-    Tuesday.`` (the answer where the subject belongs) and ``The month after Thursday is
-    Tuesday.`` (another subject) are wrong, and so is ``3 plus 5 is 7.`` for 3 plus 4 (other
-    operands); ``Tuesday.`` and ``Monday is followed by Tuesday.`` stay right. The price: a
+    Tuesday.`` (the answer where the subject belongs) and ``The month after May is
+    Tuesday.`` (another subject, of another kind) are wrong, and so is ``1 plus 1 is 7.`` for
+    3 plus 4 (other operands) — all three right under the lenient reading; ``Tuesday.`` and
+    ``Monday is followed by Tuesday.`` stay right. The price: a
     reply that repeats its answer or mentions any other name of the world (``May`` the verb
     reads as the month) is wrong too. Every answer the world itself renders is right under
     both readings.
