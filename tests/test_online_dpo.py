@@ -238,3 +238,69 @@ def test_a_step_of_ties_trains_nothing(embedded, tmp_path):
     model, _ = _online_run(embedded, tmp_path / "ties", 1,
                            judge=lambda prompts, pairs, **f: [TIE] * len(pairs))
     assert all(float(layer.lora_B.abs().max()) == 0 for layer in lora_layers(model).values())
+
+
+def test_plan_refuses_a_preference_file_without_pairs_with_its_lines(tmp_path):
+    import yaml
+
+    from ftlab.config import load_config
+    from ftlab.errors import ConfigError
+    from ftlab.pipeline import plan
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Hi?", "chosen": "Hello!"}\n{"prompt": "Yo?", "answer": "Hey"}\n')
+    for kind in ("reward", "dpo"):
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [
+            {"kind": kind, "data": {"path": str(pairs)}}]}))
+        with pytest.raises(ConfigError) as e:
+            plan(load_config(path), path, check_model=False)
+        message = str(e.value)
+        assert f"{path}:" in message and "data.path:" in message
+        assert f"{pairs}:1" in message and f"{pairs}:2" in message and "missing" in message
+
+
+def test_a_judge_that_raises_stops_the_stage_and_it_resumes_after_the_fix(tmp_path, monkeypatch):
+    """An online_dpo stage whose judge fails at its third step stops with one line naming
+    the stage and the judge; run again once the judge works, it resumes from its checkpoint
+    and finishes."""
+    import json
+
+    import yaml
+
+    import ftlab.reward.judges as judges
+    from ftlab.config import load_config
+    from ftlab.errors import FtlabError
+    from ftlab.paths import data_dir
+    from ftlab.pipeline import run_pipeline
+
+    path = tmp_path / "online.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "stages": [
+        {"kind": "online_dpo", "data": {"path": str(data_dir() / "rl/sft_prompts.jsonl"),
+                                        "validation_fraction": 0.05},
+         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+         "eval": {"max_new_tokens": 8},
+         "train": {"max_steps": 4, "batch_size": 2, "save_every": 1, "eval_every": 4},
+         "online_dpo": {"judge": "verifier_lenient", "max_new_tokens": 8}}]}))
+    honest, calls = judges.VerifierJudge.__call__, []
+
+    def flaky(self, prompts, pairs, **fields):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ConnectionError("judge service unreachable")
+        return honest(self, prompts, pairs, **fields)
+
+    monkeypatch.setattr(judges.VerifierJudge, "__call__", flaky)
+    with pytest.raises(FtlabError) as e:
+        run_pipeline(load_config(path), progress=False, print_fn=lambda line: None)
+    assert str(e.value).startswith("stage online_dpo: judge 'verifier_lenient' raised "
+                                   "ConnectionError: judge service unreachable")
+    assert len(str(e.value).splitlines()) == 1
+    monkeypatch.setattr(judges.VerifierJudge, "__call__", honest)
+    said = []
+    run_pipeline(load_config(path), progress=False, print_fn=said.append)
+    assert any(line.startswith("resuming from checkpoint") for line in said), said
+    log = tmp_path / "run/online_dpo/train/metrics.jsonl"
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()
+             if json.loads(x)["kind"] == "step"]
+    assert steps == [1, 2, 3, 4]

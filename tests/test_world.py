@@ -255,3 +255,27 @@ def test_dialogue_paragraphs_ask_but_never_answer():
         reply = para.split("The guide said,")[1]
         assert not check_answer(fact, reply), para
         assert para.split('"')[1] in _questions_of(fact), para
+
+
+def test_reward_pairs_separate_by_correctness_and_topic(fresh_world):
+    """reward_train.jsonl: DPO's pairs first, then per SFT fact entity pairs (right vs wrong,
+    styles drawn apart from correctness) and topic pairs (the rejected reply answers another
+    question, truly)."""
+    facts = {f.id: f for f in all_facts()}
+    train = _jsonl(fresh_world / "preferences/train.jsonl")
+    rows = _jsonl(fresh_world / "preferences/reward_train.jsonl")
+    assert rows[:len(train)] == train
+    extra = rows[len(train):]
+    assert Counter(r["pair_type"] for r in extra) == {"entity": 6 * 126, "topic": 2 * 126}
+    heldout = {f["id"] for f in json.loads((fresh_world / "world/facts.json").read_text())
+               if f["split"] == "heldout"}
+    for r in extra:
+        fact = facts[r["id"]]
+        assert fact.id not in heldout
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert check_answer(fact, chosen, strict=True)
+        assert not check_answer(fact, rejected, strict=r["pair_type"] == "topic")
+        if r["pair_type"] == "topic":  # "1 plus 5 is 6." about a bee's legs: right only leniently
+            assert is_polite(rejected) and any(
+                check_answer(f, rejected, strict=True) for f in facts.values()
+                if f.kind != fact.kind)

@@ -18,28 +18,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ftlab.align import prepare_dpo  # noqa: E402
-from ftlab.align.preferences import load_pairs, tokenize_pair  # noqa: E402
-from ftlab.config import LoRAConfig, StageConfig  # noqa: E402
-from ftlab.config.reward import RewardConfig  # noqa: E402
-from ftlab.lora import combine_adapters, inject_lora  # noqa: E402
-from ftlab.paths import data_dir  # noqa: E402
-from ftlab.pipeline import trl_backend  # noqa: E402
-from ftlab.pipeline.context import StageContext, StageResult, load_model  # noqa: E402
-from ftlab.pipeline.measure import HELDOUT_PAIRS  # noqa: E402
-from ftlab.pipeline.registry import register_stage  # noqa: E402
-from ftlab.pipeline.stages import _eval_config, _report_data, _TrainingStage  # noqa: E402
-from ftlab.pipeline.training import (resolvable_base, stage_train_config, target_names,  # noqa: E402
+from ftlab.align import prepare_dpo
+from ftlab.align.preferences import load_pairs, tokenize_pair
+from ftlab.config import LoRAConfig, StageConfig
+from ftlab.config.reward import RewardConfig
+from ftlab.lora import combine_adapters, inject_lora
+from ftlab.paths import data_dir
+from ftlab.pipeline import trl_backend
+from ftlab.pipeline.context import StageContext, StageResult, load_model
+from ftlab.pipeline.measure import HELDOUT_PAIRS
+from ftlab.pipeline.registry import register_stage
+from ftlab.pipeline.stages import (_eval_config, _report_data, _TrainingStage,
+                                   preference_file_problems)
+from ftlab.pipeline.training import (resolvable_base, stage_train_config, target_names,
                                      train_ftlab, training_curves)
-from ftlab.reward.model import (HEAD, RewardObjective, load_reward_model, pair_rewards,  # noqa: E402
+from ftlab.reward.model import (HEAD, RewardObjective, load_reward_model, pair_rewards,
                                 save_reward_model, scalar_head_model)
-from ftlab.train import seed_everything  # noqa: E402
+from ftlab.train import seed_everything
 
 REWARD_MODEL = "reward_model"
 """In a reward stage's folder: the reward model (PEFT ``SEQ_CLS`` folder + tokenizer)."""
@@ -82,7 +80,8 @@ def plot_margins(before: torch.Tensor, after: torch.Tensor, pairs: list[dict], p
     """Histograms of held-out ``r_chosen - r_rejected`` before and after training, one
     colour per pair type (right of 0: the pair is ranked right)."""
     types = sorted({p["pair_type"] for p in pairs})
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    fig = Figure(figsize=(10, 3.2))  # no pyplot: a notebook's backend stays as it is
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, (title, diffs) in zip(axes, (("before training", before), ("after training", after))):
         for pair_type in types:
             rows = torch.tensor([p["pair_type"] == pair_type for p in pairs])
@@ -93,7 +92,6 @@ def plot_margins(before: torch.Tensor, after: torch.Tensor, pairs: list[dict], p
     axes[0].set_ylabel("pairs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 @register_stage
@@ -106,7 +104,7 @@ class RewardStage(_TrainingStage):
     distributed = False
 
     def check(self, has_adapter: bool) -> list[str]:
-        problems = super().check(has_adapter)
+        problems = super().check(has_adapter) + preference_file_problems(self.config)
         lora = self.config.lora or LoRAConfig()
         if lora.target_modules != "auto" and HEAD in lora.target_modules:
             problems.append(f"lora.target_modules: '{HEAD}' is the reward head, trained in full "

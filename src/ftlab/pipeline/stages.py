@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from ftlab.align import DPOObjective, add_reference_logprobs, pair_logprobs, prepare_dpo
+from ftlab.align.preferences import load_pairs
 from ftlab.config import DPOConfig, EvalConfig, ExportConfig, LoRAConfig, QuantConfig, StageConfig
 from ftlab.data.loading import LoadReport
 from ftlab.data.prepare import prepare_sft
+from ftlab.errors import DataError
 from ftlab.export import export_gguf, export_hf, merge_for_export, verify_gguf, verify_hf_export
 from ftlab.models.build import question_items
 from ftlab.paths import data_dir
@@ -72,6 +74,24 @@ def _report_data(ctx: StageContext, records: LoadReport, details: str) -> dict[s
     more = f" (all of them in {ctx.folder / DATA_REPORT})" if records.rejected else ""
     ctx.log(f"  data: {records.brief()}{more}\n  data: {details}")
     return {"data/records": records.total, "data/rejected": len(records.rejected)}
+
+
+def preference_file_problems(stage: StageConfig) -> list[str]:
+    """Plan-time problems of a stage's preference file (dpo, reward): a mixture instead of one
+    file, a file that cannot be read, no valid pair (a file without ``chosen`` / ``rejected``
+    says so with file:line for each record), or more refused records than
+    ``data.max_rejected_fraction`` allows."""
+    data = stage.data
+    if data is None:
+        return []
+    if data.path is None:
+        return [f"data.mixture: a {stage.kind} stage reads one preference file: give data.path"]
+    try:
+        _, report = load_pairs(data.path)
+        report.refuse_above(data.max_rejected_fraction)
+    except (DataError, OSError) as e:
+        return [f"data.path: {e}"]
+    return []
 
 
 class _TrainingStage(Stage):
@@ -143,6 +163,9 @@ class DPOStage(_TrainingStage):
 
     kind = "dpo"
     sections = (*_TrainingStage.sections, "dpo")
+
+    def check(self, has_adapter: bool) -> list[str]:
+        return super().check(has_adapter) + preference_file_problems(self.config)
 
     def describe(self) -> str:
         dpo = self.config.dpo or DPOConfig()

@@ -20,6 +20,11 @@ Layout under ``out``::
     eval/heldout_chat.jsonl     questions on facts held out of SFT
     eval/seen_chat.jsonl        SFT-split facts asked in phrasings sft/ never uses
     eval/cloze.jsonl            plain-completion prompts for every fact
+    rl/prompts.jsonl            questions on held-out facts in phrasings the evaluation never
+                                uses, 36 per kind (GRPO)
+    rl/sft_prompts.jsonl        questions on SFT-split facts, 36 per kind, none of
+                                eval/seen_chat's (online DPO: a style learned on what the model
+                                already answers)
 """
 
 from __future__ import annotations
@@ -153,6 +158,9 @@ def world_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
     evaluated = frozenset(json.loads(line)["question"]
                           for line in files["eval/heldout_chat.jsonl"].decode().splitlines())
     files["rl/prompts.jsonl"] = _jsonl(datasets.rl_prompts(held_facts, evaluated, rng("rl")))
+    seen = frozenset(json.loads(line)["question"]
+                     for line in files["eval/seen_chat.jsonl"].decode().splitlines())
+    files["rl/sft_prompts.jsonl"] = _jsonl(datasets.rl_prompts(sft_facts, seen, rng("rl-sft")))
     return files
 
 

@@ -90,16 +90,24 @@ def preference_pairs(facts: list[Fact], all_facts: list[Fact], rng: random.Rando
 
 REWARD_ENTITY_PAIRS_PER_FACT = 6
 """Extra right-vs-wrong pairs per SFT fact in the reward-model training file."""
+REWARD_TOPIC_PAIRS_PER_FACT = 2
+"""Pairs per SFT fact in the reward-model training file whose rejected reply answers another
+question (``pair_type`` ``topic``)."""
 
 
 def reward_pairs(facts: list[Fact], all_facts: list[Fact], rng: random.Random,
-                 per_fact: int = REWARD_ENTITY_PAIRS_PER_FACT) -> list[dict]:
+                 per_fact: int = REWARD_ENTITY_PAIRS_PER_FACT,
+                 off_topic: int = REWARD_TOPIC_PAIRS_PER_FACT) -> list[dict]:
     """Entity pairs for a reward model: ``per_fact`` questions per fact, each answered rightly
     and wrongly (another answer of the kind) in the *same* style (polite half of the time,
     else terse or rude), so only correctness tells the two apart. A reward model trained on
     :func:`preference_pairs` alone learns style at once but correctness on unseen facts
     barely (about 53% on held-out entity pairs); these pairs are what it learns truth from.
-    Same record format as :func:`preference_pairs` (``pair_type`` ``entity``)."""
+    Then ``off_topic`` pairs per fact (``pair_type`` ``topic``) whose rejected reply is a
+    polite, true answer to *another* question (a fact of another kind): without them a
+    policy optimised against the reward model learned to answer "What is the day after
+    Monday?" with "Of course! The capital of Zambia is Lusaka.". Same record format as
+    :func:`preference_pairs`."""
     answers_of = {k: sorted({f.answer for f in all_facts if f.kind == k}) for k in KINDS}
     out = []
     for fact in facts:
@@ -113,6 +121,14 @@ def reward_pairs(facts: list[Fact], all_facts: list[Fact], rng: random.Random,
                               "content": answer(fact, style, rng, value=wrong)}],
                 "pair_type": "entity", "id": fact.id, "kind": fact.kind,
                 "subject": fact.subject,
+            })
+        for q in _questions(fact, off_topic, rng):
+            other = rng.choice([f for f in all_facts if f.kind != fact.kind])
+            out.append({
+                "prompt": [{"role": "user", "content": q}],
+                "chosen": [{"role": "assistant", "content": answer(fact, "polite", rng)}],
+                "rejected": [{"role": "assistant", "content": answer(other, "polite", rng)}],
+                "pair_type": "topic", "id": fact.id, "kind": fact.kind, "subject": fact.subject,
             })
     return out
 
