@@ -10,6 +10,7 @@ forward pass scores both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,24 +42,36 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def pair_logprobs(model: nn.Module, pairs: list[dict], pad_id: int, batch_size: int = 16,
-                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs (C.1) of the chosen and the rejected replies of tokenized
-    ``pairs`` under ``model`` (eval mode, no gradients; its mode is restored), each a float64
-    CPU tensor of shape (pairs,)."""
+def score_pairs(model: nn.Module, pairs: list[dict], pad_id: int,
+                score: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+                batch_size: int = 16, progress: bool = False, desc: str = "pairs"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score(model, batch)`` of the chosen and the rejected replies of tokenized ``pairs``
+    (a :func:`collate_pairs` micro-batch in, (2n,) out), each a float64 CPU tensor of shape
+    (pairs,); eval mode, no gradients (the model's mode is restored)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in progress_bar(range(0, len(pairs), batch_size), desc="pair log-probs",
-                              disable=not progress):
-        batch = {k: v.to(device) for k, v in
-                 collate_pairs(pairs[start:start + batch_size], pad_id).items()}
-        c, r = response_logprobs(model, batch).double().cpu().chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-    model.train(was_training)
+    chosen, rejected = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.float64)]
+    try:
+        for start in progress_bar(range(0, len(pairs), batch_size), desc=desc,
+                                  disable=not progress):
+            batch = {k: v.to(device) for k, v in
+                     collate_pairs(pairs[start:start + batch_size], pad_id).items()}
+            c, r = score(model, batch).double().cpu().chunk(2)
+            chosen.append(c)
+            rejected.append(r)
+    finally:
+        model.train(was_training)
     return torch.cat(chosen), torch.cat(rejected)
+
+
+def pair_logprobs(model: nn.Module, pairs: list[dict], pad_id: int, batch_size: int = 16,
+                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs (C.1) of the chosen and the rejected replies of tokenized
+    ``pairs`` under ``model`` (:func:`score_pairs`)."""
+    return score_pairs(model, pairs, pad_id, response_logprobs, batch_size, progress,
+                       "pair log-probs")
 
 
 def add_reference_logprobs(model: nn.Module, examples: list[dict], pad_id: int,

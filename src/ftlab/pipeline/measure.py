@@ -33,10 +33,12 @@ def heldout_pairs(config: EvalConfig, tokenizer: PreTrainedTokenizerBase,
                   max_length: int = 256) -> list[dict]:
     """Tokenized held-out preference pairs (``config.preference_path`` or the embedded ones),
     each with its ``pair_type`` (``style``: polite vs terse or rude; ``entity``: right vs
-    wrong answer)."""
+    wrong answer) and fact ``kind`` (from an ``id`` such as ``capital:France``; ``""``
+    without one)."""
     pairs, _ = load_pairs(config.preference_path or data_dir() / HELDOUT_PAIRS)
-    return [{**tokenize_pair(p, tokenizer, max_length), "pair_type": p.info.get("pair_type", "")}
-            for p in pairs]
+    fact = lambda p: str(p.info.get("id", ""))  # noqa: E731
+    return [{**tokenize_pair(p, tokenizer, max_length), "pair_type": p.info.get("pair_type", ""),
+             "kind": fact(p).split(":", 1)[0] if ":" in fact(p) else ""} for p in pairs]
 
 
 def measure(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvalConfig,

@@ -19,12 +19,12 @@ from ftlab.models.build import question_items
 from ftlab.paths import data_dir
 from ftlab.pipeline.context import StageContext, StageResult, load_model
 from ftlab.pipeline.registry import register_stage
+from ftlab.pipeline.reward_stage import REWARD_MODEL, earlier_reward_model
 from ftlab.pipeline.stages import _measured, _TrainingStage
 from ftlab.pipeline.training import (save_trained_adapter, stage_train_config, train_ftlab,
                                      trainable_model, training_curves)
 from ftlab.reward.judges import (Judge, LLMJudge, RewardModelJudge, VerifierJudge,
                                  agreement_figures)
-from ftlab.reward.model import load_reward_model
 from ftlab.reward.online import OnlineDPOObjective
 from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompt_problems, long_prompts,
                               prepare_prompts, prompt_problems, split_prompts)
@@ -87,15 +87,10 @@ class OnlineDPOStage(_TrainingStage):
         return (super().describe() + f", judge {judge}, beta {cfg.beta:g}, T {cfg.temperature:g}"
                 + (f", SFT term x{cfg.sft_weight:g}" if cfg.sft_weight else ""))
 
-    def _reward_model(self, ctx: StageContext):
-        name = _online(ctx.stage).reward_model
-        return load_reward_model(ctx.earlier[name].artifacts["reward_model"],
-                                 ctx.tokenizer.pad_token_id)
-
     def _judge(self, ctx: StageContext, policy_input) -> Judge:
         cfg = _online(ctx.stage)
         if cfg.judge == "reward_model":
-            judge = RewardModelJudge(self._reward_model(ctx), ctx.tokenizer)
+            judge = RewardModelJudge(earlier_reward_model(ctx, cfg.reward_model), ctx.tokenizer)
             judge.name = f"reward_model ({cfg.reward_model})"
             return judge
         if cfg.judge == "llm":
@@ -109,11 +104,10 @@ class OnlineDPOStage(_TrainingStage):
         judges = {cfg.judge: judge, "verifier_lenient": VerifierJudge(strict=False)}
         judges.setdefault("llm", LLMJudge(frozen or load_model(ctx.model, ctx.run.model.dtype),
                                           ctx.tokenizer))
-        models = [r.artifacts["reward_model"] for r in ctx.earlier.values()
-                  if "reward_model" in r.artifacts]
-        if models and "reward_model" not in judges:
-            judges["reward_model"] = RewardModelJudge(
-                load_reward_model(models[-1], ctx.tokenizer.pad_token_id), ctx.tokenizer)
+        stages = [n for n, r in ctx.earlier.items() if REWARD_MODEL in r.artifacts]
+        if stages and "reward_model" not in judges:
+            judges["reward_model"] = RewardModelJudge(earlier_reward_model(ctx, stages[-1]),
+                                                      ctx.tokenizer)
         return judges
 
     def run(self, ctx: StageContext) -> StageResult:

@@ -22,14 +22,12 @@ import torch
 from matplotlib.figure import Figure
 
 from ftlab.align import prepare_dpo
-from ftlab.align.preferences import load_pairs, tokenize_pair
 from ftlab.config import LoRAConfig, StageConfig
 from ftlab.config.reward import RewardConfig
 from ftlab.lora import combine_adapters, inject_lora
-from ftlab.paths import data_dir
 from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import StageContext, StageResult, load_model
-from ftlab.pipeline.measure import HELDOUT_PAIRS
+from ftlab.pipeline.measure import heldout_pairs
 from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import (_eval_config, _report_data, _TrainingStage,
                                    preference_file_problems)
@@ -48,18 +46,6 @@ MARGINS_PLOT = "reward_margins.png"
 
 def _reward(stage: StageConfig) -> RewardConfig:
     return stage.reward or RewardConfig()
-
-
-def heldout_reward_pairs(stage: StageConfig, tokenizer, max_length: int) -> list[dict]:
-    """The held-out preference pairs (``eval.preference_path`` or the embedded ones),
-    tokenized, each with its ``pair_type`` and fact ``kind`` (from its ``id``; ``""`` if none)."""
-    pairs, _ = load_pairs(_eval_config(stage).preference_path or data_dir() / HELDOUT_PAIRS)
-    def kind(pair) -> str:
-        fact = str(pair.info.get("id", ""))
-        return fact.split(":", 1)[0] if ":" in fact else ""
-
-    return [{**tokenize_pair(p, tokenizer, max_length),
-             "pair_type": str(p.info.get("pair_type", "")), "kind": kind(p)} for p in pairs]
 
 
 def pair_figures(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[dict], prefix: str
@@ -123,7 +109,7 @@ class RewardStage(_TrainingStage):
         figures = _report_data(ctx, pairs.load_report, pairs.summary())
         train_rows = _with_margins(pairs.train_pairs, pairs.train)
         val_rows = _with_margins(pairs.validation_pairs, pairs.validation)
-        held = heldout_reward_pairs(ctx.stage, ctx.tokenizer, data_cfg.max_length)
+        held = heldout_pairs(_eval_config(ctx.stage), ctx.tokenizer, data_cfg.max_length)
         model = scalar_head_model(load_model(ctx.model, ctx.run.model.dtype), pad_id, train.seed)
         before = pair_rewards(model, held, pad_id)
         # the head trains in full; architectures without a known target list would adapt it
@@ -172,3 +158,9 @@ def _record(pair) -> dict:
               "chosen": [{"role": "assistant", "content": pair.chosen}],
               "rejected": [{"role": "assistant", "content": pair.rejected}]}
     return record | ({"margin": float(pair.info["margin"])} if "margin" in pair.info else {})
+
+
+def earlier_reward_model(ctx: StageContext, stage: str):
+    """The reward model an earlier reward stage named ``stage`` wrote (merged, eval mode);
+    plan time has checked the stage exists and ran before."""
+    return load_reward_model(ctx.earlier[stage].artifacts[REWARD_MODEL], ctx.tokenizer.pad_token_id)

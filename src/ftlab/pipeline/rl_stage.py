@@ -17,11 +17,11 @@ from ftlab.config import GRPOConfig, StageConfig
 from ftlab.pipeline import trl_backend
 from ftlab.pipeline.context import StageContext, StageResult, load_model
 from ftlab.pipeline.registry import register_stage
+from ftlab.pipeline.reward_stage import earlier_reward_model
 from ftlab.pipeline.stages import _measured, _TrainingStage
 from ftlab.pipeline.training import (publish_adapter, save_trained_adapter, stage_train_config,
                                      target_names, train_ftlab, trainable_model, training_curves)
 from ftlab.reward.judges import reward_model_reward
-from ftlab.reward.model import load_reward_model
 from ftlab.rl import GRPOObjective, end_of_turn_ids, reward_functions
 from ftlab.rl.rewards import by_kind
 from ftlab.rl.prompts import (MAX_LISTED, load_prompts, long_prompt_problems, long_prompts,
@@ -125,9 +125,7 @@ class GRPOStage(_TrainingStage):
         rewards = reward_functions(grpo.weights, end_of_turn_ids(ctx.tokenizer),
                                    all(names_fact(r) for r in records))
         for name, stage in grpo.reward_stages.items():  # scored by an earlier reward model
-            rewards[name] = reward_model_reward(load_reward_model(
-                ctx.earlier[stage].artifacts["reward_model"], ctx.tokenizer.pad_token_id),
-                ctx.tokenizer)
+            rewards[name] = reward_model_reward(earlier_reward_model(ctx, stage), ctx.tokenizer)
         keeper = _SampleKeeper(grpo.group_size)
         model = trainable_model(ctx.model, ctx.run.model.dtype, lora, quant, train.seed)
         objective = GRPOObjective(train_records + val_records, ctx.tokenizer, rewards, grpo,

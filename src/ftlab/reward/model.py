@@ -21,10 +21,9 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from ftlab.align.objective import collate_pairs
+from ftlab.align.objective import collate_pairs, score_pairs
 from ftlab.lora import combine_adapters, load_adapter, merge_lora, save_adapter
 from ftlab.lora.peft_io import read_adapter
-from ftlab.progress import progress_bar
 from ftlab.reward.loss import last_token_rewards, reward_loss
 from ftlab.train.step import Accumulated
 
@@ -64,27 +63,14 @@ def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor,
     return last_token_rewards(getattr(model, HEAD)(hidden), attention_mask)
 
 
-@torch.no_grad()
 def pair_rewards(model: PreTrainedModel, pairs: list[dict], pad_id: int, batch_size: int = 16,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and the rejected reply of tokenized ``pairs``
-    (:func:`ftlab.align.tokenize_pair`), each a float64 CPU tensor (pairs,); eval mode, no
-    gradients (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chosen, rejected = [], []
-    for start in progress_bar(range(0, len(pairs), batch_size), desc="pair rewards",
-                              disable=not progress):
-        batch = collate_pairs(pairs[start:start + batch_size], pad_id)
-        c, r = sequence_rewards(model, batch["input_ids"].to(device),
-                                batch["attention_mask"].to(device)).double().cpu().chunk(2)
-        chosen.append(c)
-        rejected.append(r)
-    model.train(was_training)
-    if not chosen:
-        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-    return torch.cat(chosen), torch.cat(rejected)
+    (:func:`ftlab.align.tokenize_pair`), each a float64 CPU tensor (pairs,)
+    (:func:`~ftlab.align.objective.score_pairs`)."""
+    return score_pairs(model, pairs, pad_id,
+                       lambda m, b: sequence_rewards(m, b["input_ids"], b["attention_mask"]),
+                       batch_size, progress, "pair rewards")
 
 
 def score_texts(model: PreTrainedModel, tokenizer, texts: Sequence[str], batch_size: int = 16

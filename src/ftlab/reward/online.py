@@ -27,11 +27,10 @@ from ftlab.align.loss import dpo_loss
 from ftlab.lora import adapters_disabled
 from ftlab.reward.judges import TIE, Judge, JudgeError, VerifierJudge
 from ftlab.rl.objective import token_logprobs
-from ftlab.rl.prompts import names_fact
+from ftlab.rl.rewards import correct_strict
+from ftlab.rl.prompts import collate_prompt_indices, names_fact, prompt_examples
 from ftlab.rl.sampling import sample_groups
 from ftlab.train.step import Accumulated
-from ftlab.world import check_answer
-from ftlab.world.facts import fact_by_id
 
 def sequence_logprobs(model: nn.Module, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """(B,) sum of each completion's token log-probs (through its stop token) given its
@@ -84,13 +83,11 @@ class OnlineDPOObjective:
                 "max_new_tokens": self.max_new_tokens}
 
     def examples(self, indices: range | list[int]) -> list[dict]:
-        """Trainer examples of the prompts at ``indices`` (question ids, prompt index)."""
-        return [{"input_ids": self.tokenizer(self.prompts[i]["question"]).input_ids, "index": i}
-                for i in indices]
+        """Trainer examples of the prompts at ``indices`` (:func:`~ftlab.rl.prompts.prompt_examples`)."""
+        return prompt_examples(self.tokenizer, self.prompts, indices)
 
     def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-        return {"prompt_index": torch.tensor([e["index"] for e in examples]),
-                "real_tokens": torch.tensor(sum(len(e["input_ids"]) for e in examples))}
+        return collate_prompt_indices(examples)
 
     def _facts_known(self, records: list[dict]) -> bool:
         return all(names_fact(r) for r in records)
@@ -193,8 +190,7 @@ class OnlineDPOObjective:
 
 def _strict_share(texts: Sequence[str], ids: Sequence[str]) -> float:
     """Share of ``texts`` (replies to the facts ``ids``: one each, or several each in a row)
-    the strict verifier accepts."""
+    the strict verifier accepts (the ``correct_strict`` reward)."""
     per = len(texts) // len(ids)
-    right = [check_answer(fact_by_id(ids[i // per]), t, strict=True)
-             for i, t in enumerate(texts)]
+    right = correct_strict([], list(texts), id=[i for i in ids for _ in range(per)])
     return sum(right) / len(right)

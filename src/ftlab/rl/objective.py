@@ -32,6 +32,7 @@ from ftlab.config import GRPOConfig
 from ftlab.lora import adapters_disabled
 from ftlab.rl.advantages import group_advantages, zero_spread_share
 from ftlab.rl.loss import clip_fractions, grpo_loss
+from ftlab.rl.prompts import collate_prompt_indices, prompt_examples
 from ftlab.rl.rewards import RewardFn, by_kind, score
 from ftlab.rl.sampling import Rollouts, sample_groups
 from ftlab.train.step import Accumulated
@@ -100,14 +101,11 @@ class GRPOObjective:
         return self.cfg.model_dump(mode="json")
 
     def examples(self, indices: range | list[int]) -> list[dict]:
-        """Trainer examples of the prompts at ``indices``: the question's token ids (for
-        length grouping) and the prompt's index."""
-        return [{"input_ids": self.tokenizer(self.prompts[i]["question"]).input_ids, "index": i}
-                for i in indices]
+        """Trainer examples of the prompts at ``indices`` (:func:`~ftlab.rl.prompts.prompt_examples`)."""
+        return prompt_examples(self.tokenizer, self.prompts, indices)
 
     def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-        return {"prompt_index": torch.tensor([e["index"] for e in examples]),
-                "real_tokens": torch.tensor(sum(len(e["input_ids"]) for e in examples))}
+        return collate_prompt_indices(examples)
 
     # -- one generation round ---------------------------------------------------------
     @staticmethod

@@ -13,8 +13,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
+
 from ftlab.errors import ConfigError
-from ftlab.world import all_facts
+from ftlab.world.facts import fact_by_id
 
 MAX_LISTED = 5
 """Problems listed one per line before the rest are counted."""
@@ -25,14 +27,15 @@ RESERVED = frozenset({"prompt", "prompts", "completions", "completion_ids", "tra
 ``pairs``) receive from ftlab or TRL besides the columns."""
 
 
-_FACT_IDS: set[str] = set()
-
-
 def names_fact(record: dict) -> bool:
     """Whether a prompt record's ``id`` names a fact of the embedded world."""
-    if not _FACT_IDS:
-        _FACT_IDS.update(f.id for f in all_facts())
-    return isinstance(record.get("id"), str) and record["id"] in _FACT_IDS
+    if not isinstance(record.get("id"), str):
+        return False
+    try:
+        fact_by_id(record["id"])
+    except KeyError:
+        return False
+    return True
 
 
 def prompt_problems(path: Path, needs_fact: bool) -> tuple[list[tuple[int, dict]], list[str]]:
@@ -161,3 +164,17 @@ def split_prompts(records: list[dict], validation_fraction: float, seed: int
     chosen = set(val)
     return ([records[i] for i in range(len(records)) if i not in chosen],
             [records[i] for i in sorted(chosen)])
+
+
+def prompt_examples(tokenizer, prompts: list[dict], indices) -> list[dict]:
+    """Trainer examples of the prompt records at ``indices`` (GRPO, online DPO): the question's
+    token ids (for length grouping) and the record's index."""
+    return [{"input_ids": tokenizer(prompts[i]["question"]).input_ids, "index": i}
+            for i in indices]
+
+
+def collate_prompt_indices(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """A micro-batch of :func:`prompt_examples`: ``prompt_index`` and the questions' token
+    count (``real_tokens``, for throughput)."""
+    return {"prompt_index": torch.tensor([e["index"] for e in examples]),
+            "real_tokens": torch.tensor(sum(len(e["input_ids"]) for e in examples))}
