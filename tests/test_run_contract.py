@@ -320,6 +320,8 @@ def test_ctrl_c_and_sigterm_stop_the_run_and_the_rerun_resumes_bit_identically(c
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 130, (out, err)
+        if stage == "sft":  # the base model, eval section and data of "whole": not measured again
+            assert "base model figures: measured " in out and "measuring the base" not in out, out
         lines = [line for line in err.splitlines() if line.startswith("ftlab: error:")]
         assert len(lines) == 1 and "Traceback" not in err, err
         assert f"stage {stage}: interrupted at step" in lines[0], lines
@@ -329,6 +331,9 @@ def test_ctrl_c_and_sigterm_stop_the_run_and_the_rerun_resumes_bit_identically(c
     code, out, err = _ftlab(capsys, "run", str(config("stopped")), "--no-progress")
     assert code == 0, err
     assert "resuming from checkpoint" in out, out
+    baselines = [json.loads((tmp_path / f"{run}/metrics.json").read_text())["baseline"]
+                 for run in ("whole", "stopped")]
+    assert baselines[0] == baselines[1]
     for stage in ("sft", "dpo"):
         for name in ("adapter_model.safetensors", "adapter_config.json"):
             assert (tmp_path / f"stopped/{stage}/adapter" / name).read_bytes() == \

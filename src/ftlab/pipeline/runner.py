@@ -36,6 +36,7 @@ from ftlab.config import (EvalConfig, PipelineConfig, StageConfig, TrainConfig, 
                           save_config)
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.files import file_manifest, manifest_problems, sha256_file
+from ftlab.pipeline.baseline import measure_baseline
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     load_model_tokenizer, model_problem)
 from ftlab.pipeline.lock import run_folder_problem
@@ -360,12 +361,12 @@ def run_pipeline(config: PipelineConfig, progress: bool = True,
     start = ModelRef(config.model.name_or_path if config.model.name_or_path != EMBEDDED else EMBEDDED)
     started = time.perf_counter()
     if state["baseline"] is None or state["baseline"].get("model") != config.model.model_dump(mode="json"):
-        print_fn("measuring the base model ...")
-
         def baseline() -> dict:
             eval_config = next((s.eval for s in config.stages if s.eval), None) or EvalConfig()
-            figures, samples = measure(load_model(start, config.model.dtype), tokenizer,
-                                       eval_config, heldout_pairs(eval_config, tokenizer), progress)
+            figures, samples = measure_baseline(
+                config.model, eval_config,
+                lambda: measure(load_model(start, config.model.dtype), tokenizer, eval_config,
+                                heldout_pairs(eval_config, tokenizer), progress), print_fn)
             state["baseline"] = {"model": config.model.model_dump(mode="json"),
                                  "metrics": figures, "samples": samples}
             write_state(run_dir, state)
