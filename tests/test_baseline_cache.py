@@ -35,7 +35,7 @@ def _run(model=ModelConfig(), evaluation=EvalConfig(), measure=None):
     lines: list[str] = []
     measure = measure or Measure()
     figures = measure_baseline(model, evaluation, measure, lines.append)
-    return figures, lines, measure.calls
+    return figures, lines, getattr(measure, "calls", 0)
 
 
 def test_the_same_model_and_eval_section_are_measured_once(cache):
@@ -44,8 +44,8 @@ def test_the_same_model_and_eval_section_are_measured_once(cache):
     assert lines == ["measuring the base model ..."] and measure.calls == 1
     again, lines, _ = _run(measure=measure)
     assert measure.calls == 1 and again == first  # read back, not measured
-    assert lines[0].startswith("base model figures: measured ") and str(cache) in lines[0]
-    assert "FTLAB_CACHE=off measures again" in lines[0]
+    assert lines == ["base model figures: from the cache (this model, eval section, data and "
+                     "code were measured before; FTLAB_CACHE=off measures again)"]
     assert len(list(cache.glob("*.json"))) == 1 and not list(cache.glob("*.tmp"))
 
 
@@ -83,9 +83,10 @@ def test_changed_model_files_preference_pairs_code_or_threads_change_the_key(cac
     assert baseline_key(ModelConfig(), with_pairs) != key
 
     key = baseline_key(ModelConfig(), EvalConfig())
-    monkeypatch.setattr(baseline, "_code_digest", lambda: "other code")
-    assert baseline_key(ModelConfig(), EvalConfig()) != key
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(baseline, "_code_digest", lambda: "other code")
+        assert baseline_key(ModelConfig(), EvalConfig()) != key
+    assert baseline_key(ModelConfig(), EvalConfig()) == key
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
@@ -129,3 +130,29 @@ def test_the_default_folder_follows_xdg_cache_home(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path / "ftlab" / "baselines"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_dir() == Path.home() / ".cache" / "ftlab" / "baselines"
+
+
+@pytest.mark.parametrize("name", baseline.MEASURED_DATA)
+def test_every_file_the_measurement_reads_is_in_the_key(name, tmp_path, monkeypatch):
+    """A data folder that differs in one measured file (the others linked): another key."""
+    from ftlab.paths import data_dir
+
+    data = data_dir()
+    key = baseline_key(ModelConfig(), EvalConfig())
+    copy = tmp_path / "data"
+    for entry in data.iterdir():
+        (copy / entry.name).parent.mkdir(parents=True, exist_ok=True)
+        if entry.name == name.split("/")[0]:
+            shutil.copytree(entry, copy / entry.name)
+        else:
+            (copy / entry.name).symlink_to(entry)
+    changed = copy / name
+    changed.write_text(changed.read_text() + "\n")
+    monkeypatch.setenv("FTLAB_DATA", str(copy))
+    assert baseline_key(ModelConfig(), EvalConfig()) != key
+
+
+def test_a_figure_json_cannot_hold_costs_the_cache_not_the_run(cache):
+    figures, lines, calls = _run(measure=lambda: ({"x": 1.0}, [{"reply": object()}]))
+    assert calls == 0 and figures[0] == {"x": 1.0}  # the lambda is not a Measure: no count
+    assert not cache.exists() or not list(cache.iterdir())  # nothing left, not even a .tmp

@@ -52,3 +52,47 @@ def test_rebuild_is_bit_identical(tiny_build, fresh_world, tmp_path):
     again = tmp_path / "again"
     build_base_model(fresh_world, again, RECIPE, TINY, progress=False)
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_a_student_takes_the_teachers_tokenizer_file_for_file(tiny_build, fresh_world, tmp_path):
+    """``tokenizer_from``: the student is built with the given model's tokenizer, its files
+    copied byte for byte, so both give logits over the same vocabulary."""
+    from ftlab.models.load import TOKENIZER_FILES
+
+    teacher, _ = tiny_build
+    student = tmp_path / "student_model"
+    prov = build_base_model(fresh_world, student, RECIPE.model_copy(update={"steps": 2}),
+                            TINY.model_copy(update={"num_attention_heads": 2,
+                                                    "num_key_value_heads": 1}),
+                            progress=False, tokenizer_from=teacher)
+    for name in TOKENIZER_FILES:
+        assert (student / name).read_bytes() == (teacher / name).read_bytes(), name
+    assert "tokenizer.json sha256" in prov["tokenizer"] and verify_files(student, fresh_world) == []
+    assert AutoModelForCausalLM.from_pretrained(student).config.vocab_size == \
+        AutoModelForCausalLM.from_pretrained(teacher).config.vocab_size
+
+
+def test_the_committed_student_is_a_fifth_of_the_base_with_its_tokenizer(monkeypatch, tmp_path):
+    """data/student_model verifies (hashes, world files, the base model's tokenizer files) and
+    has at most a quarter of the base model's parameters; a changed tokenizer file is named."""
+    import shutil
+
+    from ftlab.files import sha256_file
+    from ftlab.models import verify as verify_module
+    from ftlab.paths import base_model_dir, student_model_dir
+
+    assert verify_module.verify_base_model(preset="student", print_fn=lambda _: None) == []
+    base = json.loads((base_model_dir() / PROVENANCE_FILE).read_text())
+    student = json.loads((student_model_dir() / PROVENANCE_FILE).read_text())
+    assert student["parameters"] <= base["parameters"] / 4 and student["vocab_size"] == base["vocab_size"]
+    copy = tmp_path / "student_model"
+    shutil.copytree(student_model_dir(), copy)
+    config = copy / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"right"', '"left"'))
+    recorded = json.loads((copy / PROVENANCE_FILE).read_text())  # its own hashes stay right:
+    recorded["files"]["tokenizer_config.json"] = sha256_file(config)  # only the comparison sees it
+    (copy / PROVENANCE_FILE).write_text(json.dumps(recorded))
+    monkeypatch.setattr(verify_module, "student_model_dir", lambda: copy)
+    problems = verify_module.verify_base_model(preset="student", print_fn=lambda _: None)
+    assert problems == [f"{config}: not the base model's (the student's logits must index the "
+                        "same vocabulary)"], problems

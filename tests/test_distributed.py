@@ -54,8 +54,11 @@ def _train(run_dir: str, dtype: torch.dtype = torch.float32, objective: str = "s
     to stop after that step (Ctrl-C's way), which every process follows."""
     model = lora_model(dropout=dropout).to(dtype)
     examples = _examples() if objective == "sft" else _pairs(model)
+    # precision pinned: the one-process run would time a step for "auto" on a CPU with native
+    # bf16 and may pick bf16 under load, while data-parallel runs keep float32 (it failed so)
     config = TrainConfig(**{"lr": 1e-3, "max_steps": 10, "batch_size": 4, "grad_accum": 2,
-                            "warmup_ratio": 0.0, "eval_every": 5, "save_every": 4, **settings})
+                            "warmup_ratio": 0.0, "eval_every": 5, "save_every": 4,
+                            "precision": "float32", **settings})
     validation = tiny_examples(6, seed=9) if objective == "sft" else None
     trainer = Trainer(model, examples, config, run_dir, PAD, validation, progress=False,
                       max_length=64, objective=DPOObjective(0.1, 0.5) if objective == "dpo" else None,
@@ -112,7 +115,7 @@ def _die_at(run_dir: str, step: int) -> None:
     """Train as :func:`_train` (dropout on) but SIGKILL rank 0 right after ``step``."""
     model = lora_model(dropout=0.1)
     config = TrainConfig(lr=1e-3, max_steps=10, batch_size=4, grad_accum=2, warmup_ratio=0.0,
-                         eval_every=100, save_every=4)
+                         eval_every=100, save_every=4, precision="float32")  # as _train's
     trainer = Trainer(model, _examples(), config, run_dir, PAD, progress=False,
                       print_fn=lambda line: None)
     trainer.callbacks.append(lambda r: r["kind"] == "step" and r["step"] == step

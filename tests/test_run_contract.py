@@ -321,7 +321,7 @@ def test_ctrl_c_and_sigterm_stop_the_run_and_the_rerun_resumes_bit_identically(c
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 130, (out, err)
         if stage == "sft":  # the base model, eval section and data of "whole": not measured again
-            assert "base model figures: measured " in out and "measuring the base" not in out, out
+            assert "base model figures: from the cache" in out and "measuring the base" not in out, out
         lines = [line for line in err.splitlines() if line.startswith("ftlab: error:")]
         assert len(lines) == 1 and "Traceback" not in err, err
         assert f"stage {stage}: interrupted at step" in lines[0], lines

@@ -75,6 +75,12 @@ def base_model_dir() -> Path:
     return data_dir() / BASE_MODEL_DIRNAME
 
 
+def student_model_dir() -> Path:
+    """Folder of the embedded student model (the distillation track's smaller model, with the
+    base model's tokenizer; HF format with provenance)."""
+    return data_dir() / "student_model"
+
+
 def default_config() -> Path:
     """The capstone config ``configs/capstone.yaml`` of the checkout (``ftlab run``'s default)."""
     path = project_dir() / "configs" / "capstone.yaml"

@@ -3,7 +3,7 @@ teaching message. Derived from the reference with ``variant`` where it is one mi
 
 from pathlib import Path
 
-from ftlab.course.wrong import WrongAnswer, variant
+from ftlab.course.wrong import WrongAnswer, variant, variants
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -304,4 +304,54 @@ WRONG_ANSWERS = [
                 message_contains=("built from the input tensors",),
                 code=variant(ROOT, "C.7", "difference = chosen - rejected",
                              "difference = (chosen - rejected).detach().requires_grad_()")),
+    # -- distillation track: C.8 the generalized JSD between teacher and student --
+    WrongAnswer(task="C.8", label="the KL direction swapped", message_contains=("direction is swapped",),
+                code=variant(ROOT, "C.8", "per_token = F.kl_div(student, teacher, reduction=\"none\", log_target=True)",
+                             "per_token = F.kl_div(teacher, student, reduction=\"none\", log_target=True)")),
+    WrongAnswer(task="C.8", label="probabilities into kl_div", message_contains=("probabilities went into kl_div",),
+                code=variant(ROOT, "C.8", "per_token = F.kl_div(student, teacher, reduction=\"none\", log_target=True)",
+                             "per_token = F.kl_div(student.exp(), teacher.exp(), reduction=\"none\")")),
+    WrongAnswer(task="C.8", label="the temperature on the teacher only", message_contains=("only the teacher",),
+                code=variant(ROOT, "C.8", "student = F.log_softmax(student_logits / temperature, dim=-1)",
+                             "student = F.log_softmax(student_logits, dim=-1)")),
+    WrongAnswer(task="C.8", label="padding averaged in", message_contains=("padding averaged in",),
+                code=variant(ROOT, "C.8", "return torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)",
+                             "return per_token.mean()")),
+    WrongAnswer(task="C.8", label="divided by the number of sequences", message_contains=("number of sequences",),
+                code=variant(ROOT, "C.8", "return torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)",
+                             "return torch.where(counted, per_token, 0).sum() / per_token.shape[0]")),
+    WrongAnswer(task="C.8", label="the mixture of log-probabilities", message_contains=("mixture was built from log-probabilities",),
+                code=variant(ROOT, "C.8", "mixture = torch.logsumexp(torch.stack([teacher + math.log(beta),\n"
+                                          "                                           student + math.log(1 - beta)]), dim=0)",
+                             "mixture = beta * teacher + (1 - beta) * student")),
+    WrongAnswer(task="C.8", label="the mixture's weights swapped", message_contains=("weights are swapped",),
+                code=variants(ROOT, "C.8", ("teacher + math.log(beta),", "teacher + math.log(1 - beta),"),
+                              ("student + math.log(1 - beta)]", "student + math.log(beta)]"))),
+    WrongAnswer(task="C.8", label="times temperature squared", message_contains=("temperature ** 2",),
+                code=variant(ROOT, "C.8", "return torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)",
+                             "return temperature ** 2 * torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)")),
+    WrongAnswer(task="C.8", label="averaged over the vocabulary", message_contains=("averaged over the vocabulary",),
+                code=variant(ROOT, "C.8", "per_token = F.kl_div(student, teacher, reduction=\"none\", log_target=True).sum(-1)",
+                             "per_token = F.kl_div(student, teacher, reduction=\"none\", log_target=True).mean(-1)")),
+    WrongAnswer(task="C.8", label="log of softmax", message_contains=("not finite",),
+                code=variants(ROOT, "C.8", ("student = F.log_softmax(student_logits / temperature, dim=-1)",
+                                            "student = torch.softmax(student_logits / temperature, dim=-1).log()"),
+                              ("teacher = F.log_softmax(teacher_logits / temperature, dim=-1)",
+                               "teacher = torch.softmax(teacher_logits / temperature, dim=-1).log()"))),
+    WrongAnswer(task="C.8", label="a mean of per-sequence means", message_contains=("per-sequence means",),
+                code=variant(ROOT, "C.8", "return torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)",
+                             "keep = counted.to(per_token.dtype)\n"
+                             "return ((per_token * keep).sum(-1) / keep.sum(-1).clamp(min=1)).mean()")),
+    WrongAnswer(task="C.8", label="an integer mask as an index", message_contains=("mask.bool()",),
+                code=variant(ROOT, "C.8", "return torch.where(counted, per_token, 0).sum() / counted.sum().clamp(min=1)",
+                             "picked = per_token[mask]\nreturn picked.sum() / max(picked.numel(), 1)")),
+    WrongAnswer(task="C.8", label="the caller's logits divided in place", message_contains=("in-place",),
+                code=variant(ROOT, "C.8", "teacher = F.log_softmax(teacher_logits / temperature, dim=-1)",
+                             "teacher_logits /= temperature\nteacher = F.log_softmax(teacher_logits, dim=-1)")),
+    WrongAnswer(task="C.8", label="the student's logits detached", message_contains=("no graph",),
+                code=variant(ROOT, "C.8", "student = F.log_softmax(student_logits / temperature, dim=-1)",
+                             "student = F.log_softmax(student_logits.detach() / temperature, dim=-1)")),
+    WrongAnswer(task="C.8", label="float64 logits computed in float32", message_contains=("float64",),
+                code=variants(ROOT, "C.8", ("F.log_softmax(student_logits / temperature", "F.log_softmax(student_logits.float() / temperature"),
+                              ("F.log_softmax(teacher_logits / temperature", "F.log_softmax(teacher_logits.float() / temperature"))),
 ]

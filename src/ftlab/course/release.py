@@ -39,8 +39,10 @@ NOTEBOOKS_README = """# Notebooks
 
 Open them in order in JupyterLab (`.venv/bin/jupyter lab`): `01_data_prep` … `05_eval_merge`,
 then `06_capstone`; `07_scale_out` (data-parallel training, task M4.6) is an advanced track
-after `04_training_loop`, `08_rl_grpo` (reinforcement learning with verifiable rewards, tasks
-C.4 and C.5) one after `06_capstone`. Each opens with learning objectives and a hardware box and runs top to
+after `04_training_loop`; `08_rl_grpo` (reinforcement learning with verifiable rewards, tasks
+C.4 and C.5), `09_rewards_rlaif` (reward models and AI feedback, C.6 and C.7) and
+`10_distillation` (a small student learns from the base model, C.8) come after
+`06_capstone`. Each opens with learning objectives and a hardware box and runs top to
 bottom on a CPU in about a minute once its tasks are done. Before that, *Run All* still
 reaches the end: a cell that needs an unfinished task says so in one line. After each
 exercise section a `check("M1.1")` cell runs that task's checks; under each cell an

@@ -61,6 +61,8 @@ def run_suite(project: Path, targets: list[str] = ("milestones",), timeout: floa
     with tempfile.TemporaryDirectory(prefix="ftlab-results-") as tmp:
         results = Path(tmp) / "results.json"
         env = {**os.environ, RESULTS_ENV: str(results), "PYTHONDONTWRITEBYTECODE": "1",
+               # each mutant is other code: a base-row cache entry would never be read again
+               "FTLAB_CACHE": "off",
                "PYTHONPATH": os.pathsep.join(
                    [str(project / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         if trace is not None:

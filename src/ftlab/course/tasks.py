@@ -26,10 +26,11 @@ NOTEBOOKS = {
 TASK_NOTEBOOKS = {"M4.6": "notebooks/07_scale_out.ipynb",
                   "C.4": "notebooks/08_rl_grpo.ipynb", "C.5": "notebooks/08_rl_grpo.ipynb",
                   "C.6": "notebooks/09_rewards_rlaif.ipynb",
-                  "C.7": "notebooks/09_rewards_rlaif.ipynb"}
+                  "C.7": "notebooks/09_rewards_rlaif.ipynb",
+                  "C.8": "notebooks/10_distillation.ipynb"}
 """Tasks of an advanced track, taught in their own notebook though graded with their
-milestone (M4.6, data parallelism, is graded with ``m4``; C.4 and C.5, GRPO, and C.6 and
-C.7, reward models, with ``capstone``)."""
+milestone (M4.6, data parallelism, is graded with ``m4``; C.4 and C.5, GRPO, C.6 and C.7,
+reward models, and C.8, distillation, with ``capstone``)."""
 
 
 def milestone_of(task: str) -> str:

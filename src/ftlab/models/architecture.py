@@ -28,6 +28,16 @@ class ArchitectureConfig(BaseModel):
     rope_theta: float = Field(10_000.0, gt=0)
 
 
+PRESETS = {
+    "base": ArchitectureConfig(),
+    "student": ArchitectureConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                  num_key_value_heads=1, intermediate_size=344),
+}
+"""Named architectures ``ftlab base-model build --preset`` builds. ``student``: the
+distillation track's smaller model (about 0.9M parameters, a fifth of the base's) with the
+base model's tokenizer, so both give logits over the same vocabulary, position for position;
+same family (Llama, GQA, SwiGLU, tied embeddings), half the width, two thirds of the depth."""
+
 def llama_config(arch: ArchitectureConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     """A ``LlamaConfig`` for ``arch`` whose special-token ids come from ``tokenizer``."""
     return LlamaConfig(

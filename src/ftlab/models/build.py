@@ -1,6 +1,7 @@
-"""Build the embedded base model from the world's corpus: ``ftlab base-model build``.
+"""Build the embedded base model from the world's corpus: ``ftlab base-model build``
+(``--preset student``: the distillation track's smaller model, with the base model's tokenizer).
 
-Steps: train the tokenizer on ``corpus/train.txt``; pack documents into blocks; pretrain
+Steps: train the tokenizer on ``corpus/train.txt`` (or take a built model's); pack documents into blocks; pretrain
 a seeded tiny Llama; measure it (validation perplexity, cloze accuracy on held-out facts,
 chat-form exact match before any SFT); write the HF folder and ``provenance.json``
 atomically (a temporary folder renamed into place).
@@ -22,7 +23,9 @@ from ftlab.models.architecture import ArchitectureConfig, llama_config
 from ftlab.models.measure import (
     chat_exact_match, cloze_correct, corpus_loss, pack_documents, perplexity, rates_by_kind,
 )
+from ftlab.models.load import TOKENIZER_FILES, load_tokenizer
 from ftlab.models.pretrain import PretrainRecipe, pretrain
+from ftlab.errors import ArtifactError
 from ftlab.files import sha256_file
 from ftlab.models.provenance import PROVENANCE_FILE, file_hashes
 from ftlab.models.tokenizer import DOC_SEP, IM_END, train_tokenizer
@@ -101,15 +104,25 @@ def build_base_model(
     recipe: PretrainRecipe = PretrainRecipe(),
     arch: ArchitectureConfig = ArchitectureConfig(),
     progress: bool = True,
+    tokenizer_from: Path | None = None,
 ) -> dict:
     """Build the base model from the world in ``data`` into ``out``; return its provenance.
 
+    ``tokenizer_from``: a model folder whose tokenizer is reused instead of training one (the
+    student model takes the base model's, so both give logits over the same vocabulary).
     ``out`` is replaced only when the whole build succeeded.
     """
     torch.manual_seed(recipe.seed)
     corpus = data / "corpus/train.txt"
     train_lines = read_lines(corpus)
-    tokenizer = train_tokenizer(train_lines)
+    if tokenizer_from is None:
+        tokenizer = train_tokenizer(train_lines)
+    else:  # before pretraining: a folder without the files fails now, not minutes later
+        missing = [n for n in TOKENIZER_FILES if not (tokenizer_from / n).is_file()]
+        if missing:
+            raise ArtifactError(f"{tokenizer_from}: no {', '.join(missing)}; the tokenizer "
+                                "folder must be a built model (ftlab base-model build)")
+        tokenizer = load_tokenizer(tokenizer_from)
     train_blocks = pack_documents(tokenizer, train_lines, recipe.seq_len)
     val_blocks = pack_documents(
         tokenizer, read_lines(data / "corpus/validation.txt"), recipe.seq_len
@@ -129,6 +142,9 @@ def build_base_model(
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "corpus_sha256": sha256_file(corpus),
+        "tokenizer": ("trained on corpus/train.txt" if tokenizer_from is None else
+                      f"{tokenizer_from.name}'s (tokenizer.json sha256 "
+                      f"{sha256_file(tokenizer_from / 'tokenizer.json')})"),
         # the world's files as they were (a file the world gains later does not matter)
         "world_files": json.loads((data / "world/manifest.json").read_text())["files"],
         "train_tokens_in_corpus": int(train_blocks.numel()),
@@ -148,6 +164,9 @@ def build_base_model(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if tokenizer_from is not None:  # its own files, byte for byte (a re-save adds keys)
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(tokenizer_from / name, tmp / name)
         provenance["files"] = file_hashes(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
         if out.exists():

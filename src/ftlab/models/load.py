@@ -12,6 +12,11 @@ from ftlab.errors import ArtifactError
 from ftlab.paths import base_model_dir
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+"""The tokenizer's files in a model folder (a student built with ``tokenizer_from`` takes
+them byte for byte)."""
+
+
 def _folder(path: Path | None) -> Path:
     folder = Path(path) if path is not None else base_model_dir()
     if not (folder / "config.json").is_file():

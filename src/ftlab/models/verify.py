@@ -4,22 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ftlab.models.load import TOKENIZER_FILES
 from ftlab.models.provenance import read_provenance, verify_files
-from ftlab.paths import base_model_dir, data_dir
+from ftlab.paths import base_model_dir, data_dir, student_model_dir
 
 LOSS_TOLERANCE = 0.01
 """Largest relative difference between measured and recorded validation loss."""
 
 
-def verify_base_model(measure: bool = False, print_fn: Callable[[str], None] = print) -> list[str]:
+def verify_base_model(measure: bool = False, print_fn: Callable[[str], None] = print,
+                      preset: str = "base") -> list[str]:
     """Problems found (empty when it verifies).
 
-    Always: every file hash, the corpus and world manifest it was trained on. With
+    Always: every file hash, the corpus and world manifest it was trained on; for the
+    ``student`` preset also that its tokenizer is the base model's, byte for byte. With
     ``measure``: reload the model and recompute validation loss, which must be within
     :data:`LOSS_TOLERANCE` (relative) of the recorded value.
     """
-    folder, data = base_model_dir(), data_dir()
+    data = data_dir()
+    folder = base_model_dir() if preset == "base" else student_model_dir()
     problems = verify_files(folder, data)
+    if preset == "student" and not problems:
+        base = base_model_dir()
+        problems += [f"{folder / name}: not the base model's (the student's logits must index "
+                     "the same vocabulary)" for name in TOKENIZER_FILES
+                     if not (base / name).is_file()
+                     or (folder / name).read_bytes() != (base / name).read_bytes()]
     for p in problems:
         print_fn(p)
     if measure and not problems:

@@ -26,6 +26,11 @@ SAMPLE_KINDS = ("capital", "legs", "sum", "day_after")
 """Fact kinds whose first held-out question the report shows, with its reply, after every stage."""
 
 HELDOUT_PAIRS = "preferences/heldout.jsonl"
+MEASURED_DATA = ("eval/heldout_chat.jsonl", "eval/seen_chat.jsonl", "eval/cloze.jsonl",
+                 "corpus/validation.txt", HELDOUT_PAIRS)
+"""Every embedded data file :func:`measure` reads (question sets, cloze prompts, held-out
+corpus text, preference pairs), relative to the data folder: the base row's cache
+(:mod:`ftlab.pipeline.baseline`) keys on their contents. Add a file here when measure reads it."""
 """Held-out preference pairs of the embedded world, relative to the data folder."""
 
 
