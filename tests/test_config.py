@@ -167,7 +167,7 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
               - kind: eval
               - kind: trian
             """,
-            r":3: stages\.1\.kind: unknown stage kind; known kinds: sft, dpo, grpo, reward, online_dpo, merge, export, eval(, \w+)* "
+            r":3: stages\.1\.kind: unknown stage kind; known kinds: sft, dpo, grpo, reward, online_dpo, distill, merge, export, eval(, \w+)* "
             r"\(got 'trian'\)",
         ),
         (

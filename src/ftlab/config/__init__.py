@@ -38,6 +38,7 @@ from ftlab.config.dpo import DPOConfig
 from ftlab.config.evaluate import EvalConfig, ExportConfig
 from ftlab.config.grpo import FACT_REWARDS, REWARD_NAMES, GRPOConfig, register_reward_name
 from ftlab.config.model import ModelConfig
+from ftlab.config.distill import DistillConfig
 from ftlab.config.online_dpo import JUDGES, OnlineDPOConfig
 from ftlab.config.reward import RewardConfig
 from ftlab.config.pipeline import STAGE_KINDS, PipelineConfig, StageConfig, register_stage_kind
@@ -57,6 +58,7 @@ __all__ = [
     "GRPOConfig",
     "RewardConfig",
     "OnlineDPOConfig",
+    "DistillConfig",
     "JUDGES",
     "StageConfig",
     "PipelineConfig",

@@ -20,11 +20,12 @@ from ftlab.config.evaluate import EvalConfig, ExportConfig
 from ftlab.config.fields import Section
 from ftlab.config.grpo import GRPOConfig
 from ftlab.config.model import ModelConfig
+from ftlab.config.distill import DistillConfig
 from ftlab.config.online_dpo import OnlineDPOConfig
 from ftlab.config.reward import RewardConfig
 from ftlab.config.train import TrainConfig
 
-STAGE_KINDS = ["sft", "dpo", "grpo", "reward", "online_dpo", "merge", "export", "eval"]
+STAGE_KINDS = ["sft", "dpo", "grpo", "reward", "online_dpo", "distill", "merge", "export", "eval"]
 """Stage kinds a config may name: the built-in ones and any registered later."""
 
 
@@ -60,7 +61,7 @@ class StageConfig(Section):
     """One step of a pipeline; sections left out use their defaults."""
 
     kind: Annotated[str, AfterValidator(_known_stage_kind)] = Field(
-        description="What the stage does: sft, dpo, grpo, reward, online_dpo, merge, export or eval (or a kind registered "
+        description="What the stage does: sft, dpo, grpo, reward, online_dpo, distill, merge, export or eval (or a kind registered "
         "with ftlab.pipeline.register_stage).",
     )
     name: Annotated[str, AfterValidator(plain_name)] | None = Field(
@@ -73,16 +74,17 @@ class StageConfig(Section):
         "ftlab",
         description="'ftlab': the course's own loop; 'trl': the same stage through TRL trainers.",
     )
-    data: DataConfig | None = Field(None, description="Training data (sft, dpo, reward; grpo, online_dpo: a prompt file).")
-    lora: LoRAConfig | None = Field(None, description="Adapters (sft, dpo, grpo, reward, online_dpo).")
+    data: DataConfig | None = Field(None, description="Training data (sft, dpo, reward, distill; grpo, online_dpo: a prompt file).")
+    lora: LoRAConfig | None = Field(None, description="Adapters (sft, dpo, grpo, reward, online_dpo, distill: on the student).")
     quant: QuantConfig | None = Field(None, description="4-bit base (sft, dpo, grpo).")
-    train: TrainConfig | None = Field(None, description="Training loop (sft, dpo, grpo, reward, online_dpo).")
+    train: TrainConfig | None = Field(None, description="Training loop (sft, dpo, grpo, reward, online_dpo, distill).")
     eval: EvalConfig | None = Field(None, description="Evaluation (eval).")
     export: ExportConfig | None = Field(None, description="Merge and export (merge, export).")
     dpo: DPOConfig | None = Field(None, description="Preference loss (dpo).")
     grpo: GRPOConfig | None = Field(None, description="Rewards and sampling (grpo).")
     reward: RewardConfig | None = Field(None, description="Reward-model loss (reward).")
     online_dpo: OnlineDPOConfig | None = Field(None, description="Judge and sampling (online_dpo).")
+    distill: DistillConfig | None = Field(None, description="The student and the divergence (distill).")
 
     @model_validator(mode="after")
     def _default_name(self) -> StageConfig:

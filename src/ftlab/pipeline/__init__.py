@@ -6,7 +6,8 @@ last completed stage, and writes ``report.md``, ``metrics.json`` and plots. New 
 register with :func:`register_stage` (see :mod:`ftlab.pipeline.registry`).
 """
 
-from ftlab.pipeline import online_stage, reward_stage, rl_stage, stages  # noqa: F401  (register the built-in stages)
+from ftlab.pipeline import (distill_stage, online_stage, reward_stage, rl_stage,  # noqa: F401
+                            stages)  # (register the built-in stages)
 from ftlab.pipeline.context import ModelRef, StageContext, StageResult, load_model
 from ftlab.pipeline.registry import STAGES, Stage, register_stage, stage_for
 from ftlab.pipeline.runner import (PlannedStage, StageRecord, chain, fingerprint, plan,

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ftlab.pipeline.context import StageContext, StageResult
 
 
-SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo", "grpo", "reward", "online_dpo")
+SECTIONS = ("data", "lora", "quant", "train", "eval", "export", "dpo", "grpo", "reward", "online_dpo",
+            "distill")
 """The optional sections of a stage config, in the order problems are reported."""
 
 
