@@ -82,6 +82,7 @@ def test_the_step_gradient_does_not_depend_on_the_micro_batch_split():
     ({"student": "/nowhere/student"}, "distill.student: /nowhere/student: no such model folder"),
     ({"beta": 1.5}, "distill.beta"),
     ({"temperature": 0}, "distill.temperature"),
+    ({"student": "embedded"}, "distill.student: 'embedded' is the base model"),
 ])
 def test_a_missing_student_and_out_of_range_settings_are_refused_at_plan_time(
         tmp_path, capsys, distill, problem):
@@ -105,3 +106,16 @@ def test_a_student_with_another_tokenizer_is_refused_in_one_line(tmp_path, capsy
     lines = [line for line in err.splitlines() if line.startswith("ftlab: error:")]
     assert len(lines) == 1 and "another tokenizer than the teacher" in lines[0], err
     assert "Traceback" not in err
+
+
+def test_a_student_with_logits_of_another_width_is_refused_in_one_line(tmp_path, capsys):
+    """The teacher's tokenizer, but an embedding padded to another size."""
+    student = tmp_path / "wider_student"
+    shutil.copytree(student_model_dir(), student)
+    config = json.loads((student / "config.json").read_text())
+    (student / "config.json").write_text(json.dumps({**config, "vocab_size": 1664}))
+    assert main(["run", str(_config(tmp_path, {"student": str(student)}, steps=2)),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("ftlab: error:")]
+    assert len(lines) == 1 and "logits over 1664 tokens, the teacher over 1658" in lines[0], err

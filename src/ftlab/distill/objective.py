@@ -46,7 +46,8 @@ class DistillObjective:
         return collate(examples, pad_id)
 
     def _divergence(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "use_cache": False}
         student = model(**inputs).logits[:, :-1]
         self.teacher.to(student.device)
         with torch.no_grad():

@@ -7,7 +7,13 @@ divergence from the teacher's next-token distributions
 (:class:`ftlab.distill.objective.DistillObjective`, ``offline`` mode; resumable like every
 ftlab training). It hands on the *student* with its adapter: a merge and an export after it
 work on the student. Besides the usual measurements (of the student), the report gives the
-student's held-out divergence from the teacher before and after training.
+student's divergence from the teacher on the data's validation split before training
+(``before/val_divergence``) beside the training's ``best_val_loss`` (the best evaluation
+during training; the adapter handed on is the last one).
+
+Not yet: on-policy and sequence-level modes; the vocabulary check runs when the stage starts,
+not at plan time; an export after a distill stage still names the run's base model in its
+model card; the embedded student is recorded by its absolute folder.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from ftlab.data.prepare import prepare_sft
 from ftlab.distill.objective import DistillObjective
 from ftlab.errors import ConfigError
 from ftlab.paths import student_model_dir
-from ftlab.pipeline.context import ModelRef, StageContext, StageResult, load_model, model_problem
+from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
+                                    model_problem)
 from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _report_data, _TrainingStage
 from ftlab.pipeline.training import (save_trained_adapter, stage_train_config, train_ftlab,
@@ -37,19 +44,24 @@ def student_path(cfg: DistillConfig) -> str:
     return str(student_model_dir()) if cfg.student == EMBEDDED_STUDENT else cfg.student
 
 
-def tokenizer_problem(teacher_tokenizer, student: str) -> str | None:
+def vocabulary_problem(teacher_tokenizer, teacher_vocab_size: int, student: str) -> str | None:
     """Why the student cannot learn from this teacher position for position (another
-    vocabulary), or None."""
-    from transformers import AutoTokenizer
+    tokenizer, or logits of another width), or None."""
+    from transformers import AutoConfig, AutoTokenizer
 
     theirs = AutoTokenizer.from_pretrained(student).get_vocab()
     ours = teacher_tokenizer.get_vocab()
-    if theirs == ours:
-        return None
-    differ = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
-    return (f"distill.student: {student} has another tokenizer than the teacher ({len(theirs)} vs "
-            f"{len(ours)} tokens; e.g. {differ}): its logits would not index the same "
-            "vocabulary; give a student built with the teacher's tokenizer")
+    if theirs != ours:
+        differ = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
+        return (f"distill.student: {student} has another tokenizer than the teacher "
+                f"({len(theirs)} vs {len(ours)} tokens; e.g. {differ}): its logits would not "
+                "index the same vocabulary; give a student built with the teacher's tokenizer")
+    width = AutoConfig.from_pretrained(student).vocab_size
+    if width != teacher_vocab_size:
+        return (f"distill.student: {student} gives logits over {width} tokens, the teacher over "
+                f"{teacher_vocab_size} (same tokenizer, padded differently): C.8 compares them "
+                "position by position over one vocabulary")
+    return None
 
 
 @register_stage
@@ -65,7 +77,10 @@ class DistillStage(_TrainingStage):
         cfg = _distill(self.config)
         if self.config.backend != "ftlab":
             problems.append("backend: a distill stage runs on the ftlab backend")
-        if cfg.student != EMBEDDED_STUDENT:
+        if cfg.student == EMBEDDED:
+            problems.append("distill.student: 'embedded' is the base model; the embedded student "
+                            f"is '{EMBEDDED_STUDENT}'")
+        elif cfg.student != EMBEDDED_STUDENT:
             missing = model_problem(cfg.student)
             if missing:
                 problems.append(f"distill.student: {missing}")
@@ -81,16 +96,18 @@ class DistillStage(_TrainingStage):
         lora, quant = self._lora_and_quant()
         student = ModelRef(str(Path(student_path(cfg)).resolve())
                            if Path(student_path(cfg)).is_dir() else student_path(cfg))
-        problem = tokenizer_problem(ctx.tokenizer, student.path)
+        teacher = load_model(ctx.model, ctx.run.model.dtype)
+        problem = vocabulary_problem(ctx.tokenizer, teacher.config.vocab_size, student.path)
         if problem:
             raise ConfigError(problem)
         data = prepare_sft(data_cfg, ctx.tokenizer)
         data_figures = _report_data(ctx, data.records, data.summary())
-        teacher = load_model(ctx.model, ctx.run.model.dtype)
         model = trainable_model(student, ctx.run.model.dtype, lora, quant, train.seed)
         objective = DistillObjective(teacher, cfg.beta, cfg.temperature)
-        before = objective.evaluate(model, [objective.collate(data.validation, ctx.tokenizer.pad_token_id)]
-                                    ) if data.validation else {}
+        by_length = sorted(data.validation, key=lambda e: len(e["input_ids"]))
+        before = objective.evaluate(model, [
+            objective.collate(by_length[i:i + train.batch_size], ctx.tokenizer.pad_token_id)
+            for i in range(0, len(by_length), train.batch_size)]) if by_length else {}
         figures = train_ftlab(model, data.train, data.validation, train, ctx.folder,
                               ctx.tokenizer.pad_token_id, data_cfg.max_length, objective,
                               ctx.progress, ctx.log)
