@@ -16,9 +16,10 @@ import yaml
 from ftlab.cli import main
 from ftlab.data.collate import collate
 from ftlab.distill import distillation_loss
-from ftlab.distill.objective import DistillObjective, counted_positions
+from ftlab.distill.objective import DistillObjective
 from ftlab.models.tiny import tiny_examples, tiny_model
 from ftlab.paths import data_dir, student_model_dir
+from ftlab.train.step import target_mask
 
 SFT = data_dir() / "sft/mixed_style.jsonl"
 
@@ -71,7 +72,7 @@ def test_the_step_gradient_does_not_depend_on_the_micro_batch_split():
     with torch.no_grad():
         direct = distillation_loss(student(input_ids=batch["input_ids"]).logits[:, :-1],
                                    teacher(input_ids=batch["input_ids"]).logits[:, :-1],
-                                   counted_positions(batch), 0.3, 2.0)
+                                   target_mask(batch), 0.3, 2.0)
     assert abs(whole_loss - split_loss) <= 1e-6 and abs(whole_loss - float(direct)) <= 1e-6
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], atol=1e-6, rtol=1e-5)

@@ -17,15 +17,9 @@ import torch
 from torch import nn
 
 from ftlab.data.collate import collate
-from ftlab.data.labels import IGNORE_INDEX
 from ftlab.distill.loss import distillation_loss
-from ftlab.train.step import Accumulated
+from ftlab.train.step import MODEL_INPUTS, Accumulated, target_mask
 
-
-
-def counted_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(batch, seq - 1) bool: the positions whose next token is trained."""
-    return batch["labels"][:, 1:] != IGNORE_INDEX
 
 
 class DistillObjective:
@@ -46,21 +40,20 @@ class DistillObjective:
         return collate(examples, pad_id)
 
     def _divergence(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                  "use_cache": False}
-        student = model(**inputs).logits[:, :-1]
-        self.teacher.to(student.device)
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        student = model(**inputs, use_cache=False).logits[:, :-1]
         with torch.no_grad():
-            teacher = self.teacher(**inputs).logits[:, :-1]
-        return distillation_loss(student, teacher, counted_positions(batch), self.beta,
+            teacher = self.teacher(**inputs, use_cache=False).logits[:, :-1]
+        return distillation_loss(student, teacher, target_mask(batch), self.beta,
                                  self.temperature)
 
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
                    ) -> Accumulated:
-        counts = [int(counted_positions(mb).sum()) for mb in micro_batches]
+        counts = [int(target_mask(mb).sum()) for mb in micro_batches]
         total = sum(counts)
         if total == 0:
             return Accumulated(loss=math.nan, targets=0)
+        self.teacher.to(micro_batches[0]["input_ids"].device)  # once per step, not per forward
         loss = 0.0
         for mb, count in zip(micro_batches, counts):
             part = self._divergence(model, mb) * (count / total)
@@ -74,9 +67,11 @@ class DistillObjective:
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
+        if batches:
+            self.teacher.to(batches[0]["input_ids"].device)
         with torch.no_grad():
             for batch in batches:
-                n = int(counted_positions(batch).sum())
+                n = int(target_mask(batch).sum())
                 total += float(self._divergence(model, batch)) * n
                 count += n
         model.train(was_training)

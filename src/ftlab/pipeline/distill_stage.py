@@ -18,7 +18,6 @@ model card; the embedded student is recorded by its absolute folder.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ftlab.config import DistillConfig, StageConfig
 from ftlab.config.distill import EMBEDDED_STUDENT
@@ -30,8 +29,9 @@ from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResul
                                     model_problem)
 from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _report_data, _TrainingStage
-from ftlab.pipeline.training import (save_trained_adapter, stage_train_config, train_ftlab,
-                                     trainable_model, training_curves)
+from ftlab.pipeline.training import (resolvable_base, save_trained_adapter, stage_train_config,
+                                     train_ftlab, trainable_model, training_curves)
+from ftlab.train.batching import length_sorted_batches
 from ftlab.train.distributed import on_main
 
 
@@ -94,8 +94,7 @@ class DistillStage(_TrainingStage):
     def run(self, ctx: StageContext) -> StageResult:
         cfg, data_cfg, train = _distill(ctx.stage), ctx.stage.data, stage_train_config(ctx.stage)
         lora, quant = self._lora_and_quant()
-        student = ModelRef(str(Path(student_path(cfg)).resolve())
-                           if Path(student_path(cfg)).is_dir() else student_path(cfg))
+        student = ModelRef(resolvable_base(student_path(cfg)))
         teacher = load_model(ctx.model, ctx.run.model.dtype)
         problem = vocabulary_problem(ctx.tokenizer, teacher.config.vocab_size, student.path)
         if problem:
@@ -104,10 +103,9 @@ class DistillStage(_TrainingStage):
         data_figures = _report_data(ctx, data.records, data.summary())
         model = trainable_model(student, ctx.run.model.dtype, lora, quant, train.seed)
         objective = DistillObjective(teacher, cfg.beta, cfg.temperature)
-        by_length = sorted(data.validation, key=lambda e: len(e["input_ids"]))
-        before = objective.evaluate(model, [
-            objective.collate(by_length[i:i + train.batch_size], ctx.tokenizer.pad_token_id)
-            for i in range(0, len(by_length), train.batch_size)]) if by_length else {}
+        before = objective.evaluate(model, length_sorted_batches(
+            data.validation, train.batch_size, ctx.tokenizer.pad_token_id, objective.collate)
+        ) if data.validation else {}
         figures = train_ftlab(model, data.train, data.validation, train, ctx.folder,
                               ctx.tokenizer.pad_token_id, data_cfg.max_length, objective,
                               ctx.progress, ctx.log)

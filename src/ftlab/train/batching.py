@@ -195,3 +195,13 @@ class BatchLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def length_sorted_batches(examples: list[dict], batch_size: int, pad_id: int,
+                          collate_fn: Callable[[list[dict], int], dict[str, torch.Tensor]]
+                          ) -> list[dict[str, torch.Tensor]]:
+    """``examples`` sorted by length and collated ``batch_size`` at a time (little padding):
+    how validation data is batched."""
+    ordered = sorted(examples, key=lambda e: len(e["input_ids"]))
+    return [collate_fn(ordered[i:i + batch_size], pad_id)
+            for i in range(0, len(ordered), batch_size)]

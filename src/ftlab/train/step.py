@@ -21,10 +21,16 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 """Batch keys passed to the model; ``labels`` stay with the loss."""
 
 
+def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, seq - 1) bool: the positions whose next token is trained (labels other than
+    ``IGNORE_INDEX`` after the shift), aligned with ``logits[:, :-1]``."""
+    return batch["labels"][:, 1:] != IGNORE_INDEX
+
+
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
     """Number of trained tokens in ``batch``: labels other than ``IGNORE_INDEX`` after the
     shift (the first position of each row predicts nothing)."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return int(target_mask(batch).sum())
 
 
 def target_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

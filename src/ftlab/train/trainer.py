@@ -57,7 +57,7 @@ from ftlab.config import TrainConfig
 from ftlab.errors import ConfigError, TrainingError
 from ftlab.progress import progress_bar
 from ftlab.quant.memory import rss_mb
-from ftlab.train.batching import BatchLoader, real_tokens
+from ftlab.train.batching import BatchLoader, length_sorted_batches, real_tokens
 from ftlab.train import distributed
 from ftlab.train.checkpoint import (latest_good_checkpoint, load_checkpoint, prune_checkpoints,
                                     restore_training_state, rng_state, save_checkpoint,
@@ -142,10 +142,8 @@ class Trainer:
         self.loader = BatchLoader(train_examples, config.batch_size, pad_id, config.seed,
                                   config.group_by_length, config.packing, max_length,
                                   self.objective.collate, self.ranks.rank, self.ranks.world_size)
-        val = sorted(val_examples or [], key=lambda e: len(e["input_ids"]))
-        self.val_batches = [_to(self.objective.collate(val[i:i + config.batch_size], pad_id),
-                                self.device)
-                            for i in range(0, len(val), config.batch_size)]
+        self.val_batches = [_to(b, self.device) for b in length_sorted_batches(
+            val_examples or [], config.batch_size, pad_id, self.objective.collate)]
         micro_per_epoch = len(self.loader)
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
