@@ -84,7 +84,7 @@ class StageConfig(Section):
     grpo: GRPOConfig | None = Field(None, description="Rewards and sampling (grpo).")
     reward: RewardConfig | None = Field(None, description="Reward-model loss (reward).")
     online_dpo: OnlineDPOConfig | None = Field(None, description="Judge and sampling (online_dpo).")
-    distill: DistillConfig | None = Field(None, description="The student and the divergence (distill).")
+    distill: DistillConfig | None = Field(None, description="The teacher, the student and the mode (distill).")
 
     @model_validator(mode="after")
     def _default_name(self) -> StageConfig:

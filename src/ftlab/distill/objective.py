@@ -7,6 +7,12 @@ replies). The teacher runs in eval mode without gradients; the step's loss is th
 divergence over every counted position of all its micro-batches (each micro-batch's C.8
 mean weighted by its share of the positions), so the gradient does not depend on how the
 step is split, as M4.2's cross-entropy.
+
+On-policy (GKD, Agarwal et al. 2024; TRL's ``lmbda``): given questions, each step is, with
+probability ``lmbda`` (drawn from torch's global generator, which checkpoints restore), a
+batch of the student's own sampled replies to randomly drawn questions — the same number of
+rows as the data's micro-batches — and the divergence is taken on the reply tokens
+(through the first stop token); the other steps are offline steps on the data.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import nn
 
 from ftlab.data.collate import collate
 from ftlab.distill.loss import distillation_loss
+from ftlab.rl.sampling import Rollouts, sample_groups
+from ftlab.data.labels import IGNORE_INDEX
 from ftlab.train.step import MODEL_INPUTS, Accumulated, target_mask
 
 
@@ -27,14 +35,18 @@ class DistillObjective:
 
     name = "distill"
     supports_packing = False
-    repeatable_steps = True
 
-    def __init__(self, teacher: nn.Module, beta: float, temperature: float) -> None:
+    def __init__(self, teacher: nn.Module, beta: float, temperature: float,
+                 on_policy: OnPolicy | None = None) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
         self.beta, self.temperature = beta, temperature
+        self.on_policy = on_policy
+        # an on-policy step samples: it cannot be repeated outside training (precision: auto)
+        self.repeatable_steps = on_policy is None
 
     def settings(self) -> dict:
-        return {"beta": self.beta, "temperature": self.temperature}
+        return {"beta": self.beta, "temperature": self.temperature,
+                **(self.on_policy.settings() if self.on_policy else {})}
 
     def collate(self, examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         return collate(examples, pad_id)
@@ -49,17 +61,26 @@ class DistillObjective:
 
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
                    ) -> Accumulated:
+        figures = {}
+        if self.on_policy is not None:
+            on = float(torch.rand(())) < self.on_policy.lmbda
+            if on:
+                micro_batches = [self.on_policy.replies(model, len(mb["input_ids"]))
+                                 for mb in micro_batches]
+            figures = {"on_policy": float(on)} | (
+                {"reply_length": sum(int(target_mask(mb).sum()) for mb in micro_batches)
+                 / sum(len(mb["input_ids"]) for mb in micro_batches)} if on else {})
         counts = [int(target_mask(mb).sum()) for mb in micro_batches]
         total = sum(counts)
         if total == 0:
-            return Accumulated(loss=math.nan, targets=0)
+            return Accumulated(loss=math.nan, targets=0, metrics=figures)
         self.teacher.to(micro_batches[0]["input_ids"].device)  # once per step, not per forward
         loss = 0.0
         for mb, count in zip(micro_batches, counts):
             part = self._divergence(model, mb) * (count / total)
             part.backward()
             loss += part.item()
-        return Accumulated(loss=loss, targets=total)
+        return Accumulated(loss=loss, targets=total, metrics=figures)
 
     def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]
                  ) -> dict[str, float]:
@@ -76,3 +97,39 @@ class DistillObjective:
                 count += n
         model.train(was_training)
         return {"val_loss": total / count if count else math.nan}
+
+
+def reply_batch(rollouts: Rollouts) -> dict[str, torch.Tensor]:
+    """A training batch of sampled replies: each row its left-padded prompt then its reply,
+    position ids counting real tokens from 0 (as they were sampled), and labels on the reply
+    tokens through the first stop token only."""
+    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1)
+    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], 1)
+    trained = torch.cat([torch.zeros_like(rollouts.prompt_mask), rollouts.completion_mask], 1)
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": ids.masked_fill(trained == 0, IGNORE_INDEX)}
+
+
+class OnPolicy:
+    """The on-policy half of GKD: ``questions`` the student answers by sampling, in a
+    fraction ``lmbda`` of the steps (``max_new_tokens`` tokens at most, ``temperature``)."""
+
+    def __init__(self, questions: list[str], tokenizer, lmbda: float, temperature: float,
+                 max_new_tokens: int) -> None:
+        if not questions:
+            raise ValueError("on-policy distillation needs at least one question")
+        self.questions, self.tokenizer, self.lmbda = questions, tokenizer, lmbda
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+
+    def settings(self) -> dict:
+        return {"lmbda": self.lmbda, "sample_temperature": self.temperature,
+                "max_new_tokens": self.max_new_tokens, "questions": len(self.questions)}
+
+    def replies(self, model: nn.Module, rows: int) -> dict[str, torch.Tensor]:
+        """A batch of ``rows`` replies of ``model`` to questions drawn uniformly with
+        replacement (torch's global generator)."""
+        drawn = torch.randint(len(self.questions), (rows,)).tolist()
+        rollouts = sample_groups(model, self.tokenizer, [self.questions[i] for i in drawn], 1,
+                                 self.max_new_tokens, self.temperature, 1.0, None)
+        return reply_batch(rollouts)

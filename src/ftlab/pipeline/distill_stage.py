@@ -1,28 +1,46 @@
-"""The ``distill`` stage (given): a smaller student learns from the model the stage receives.
+"""The ``distill`` stage (given): a smaller student learns from a teacher.
 
-The model the stage receives (the run's chain so far: SFT, DPO, GRPO on the base) is the
-teacher. ``distill.student`` names the student (the embedded student model by default); the
-stage adds LoRA adapters to it and trains them on the data's assistant tokens with C.8's
-divergence from the teacher's next-token distributions
-(:class:`ftlab.distill.objective.DistillObjective`, ``offline`` mode; resumable like every
-ftlab training). It hands on the *student* with its adapter: a merge and an export after it
-work on the student. Besides the usual measurements (of the student), the report gives the
-student's divergence from the teacher on the data's validation split before training
-(``before/val_divergence``) beside the training's ``best_val_loss`` (the best evaluation
-during training; the adapter handed on is the last one).
+The teacher is ``distill.teacher``: the model the stage receives (the run's chain so far)
+when unset, an earlier stage's model by name, or a model folder / Hub id. ``distill.student``
+names the student (the embedded student model by default); the stage adds LoRA adapters to
+it and trains them (resumable like every ftlab training) in one of four modes:
 
-Not yet: on-policy and sequence-level modes; the vocabulary check runs when the stage starts,
-not at plan time; an export after a distill stage still names the run's base model in its
-model card; the embedded student is recorded by its absolute folder.
+- ``offline``: C.8's divergence from the teacher's next-token distributions on the data's
+  trained tokens (:class:`ftlab.distill.objective.DistillObjective`);
+- ``on_policy``: the same, but a fraction ``lmbda`` of the steps are the student's own
+  sampled replies to ``distill.prompts`` (GKD);
+- ``sequence``: the teacher answers ``distill.prompts`` (``samples`` replies each), the
+  world's verifier keeps the right ones (:mod:`ftlab.distill.sequence`; written to
+  ``<stage>/teacher_replies.jsonl`` and reused when the stage resumes), and the student is
+  fine-tuned with cross-entropy on the data plus them;
+- ``sft``: no teacher; the student fine-tuned on the data alone (the baseline).
+
+It hands on the *student* with its adapter: a merge and an export after it work on the
+student. Besides the usual measurements (of the student), the report gives, for offline and
+on_policy, the student's divergence from the teacher on the data's validation split before
+training (``before/val_divergence``) beside the training's ``best_val_loss``; for sequence,
+how many replies were kept per fact kind.
+
+Plan time refuses a student or teacher whose tokenizer is not the run model's, a teacher
+stage that does not come before, a missing prompt file or student; a student larger than
+its teacher is a warning when the stage starts. The student is recorded as the stage's
+``base_model`` artifact, so an export after it names the student in its model card.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import torch
 
 from ftlab.config import DistillConfig, StageConfig
-from ftlab.config.distill import EMBEDDED_STUDENT
+from ftlab.config.distill import EMBEDDED_STUDENT, MODES_WITH_PROMPTS
+from ftlab.data.labels import tokenize_with_labels
 from ftlab.data.prepare import prepare_sft
-from ftlab.distill.objective import DistillObjective
+from ftlab.distill.objective import DistillObjective, OnPolicy
+from ftlab.distill.sequence import KeptReplies, verified_replies
 from ftlab.errors import ConfigError
 from ftlab.paths import student_model_dir
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
@@ -31,8 +49,16 @@ from ftlab.pipeline.registry import register_stage
 from ftlab.pipeline.stages import _measured, _report_data, _TrainingStage
 from ftlab.pipeline.training import (resolvable_base, save_trained_adapter, stage_train_config,
                                      train_ftlab, trainable_model, training_curves)
+from ftlab.progress import progress_bar
+from ftlab.rl.prompts import MAX_LISTED, load_prompts, prompt_problems
 from ftlab.train.batching import length_sorted_batches
 from ftlab.train.distributed import on_main
+from ftlab.train.objective import SFTObjective
+
+TEACHER_REPLIES = "teacher_replies.jsonl"
+"""The sequence mode's kept replies (chat records an sft stage can read), in the stage folder."""
+TEACHER_TALLY = "teacher_replies.figures.json"
+"""Their counts per fact kind; written after them, so its presence says they are complete."""
 
 
 def _distill(stage: StageConfig) -> DistillConfig:
@@ -44,29 +70,51 @@ def student_path(cfg: DistillConfig) -> str:
     return str(student_model_dir()) if cfg.student == EMBEDDED_STUDENT else cfg.student
 
 
-def vocabulary_problem(teacher_tokenizer, teacher_vocab_size: int, student: str) -> str | None:
-    """Why the student cannot learn from this teacher position for position (another
-    tokenizer, or logits of another width), or None."""
-    from transformers import AutoConfig, AutoTokenizer
+def teacher_stage(cfg: DistillConfig) -> str | None:
+    """The earlier stage ``distill.teacher`` names, or None when it is unset or a model (the
+    embedded base, an existing folder, or a name with a '/', which stage names never have)."""
+    name = cfg.teacher
+    if name is None or name == EMBEDDED or "/" in name or Path(name).expanduser().is_dir():
+        return None
+    return name
 
-    theirs = AutoTokenizer.from_pretrained(student).get_vocab()
-    ours = teacher_tokenizer.get_vocab()
-    if theirs != ours:
-        differ = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
-        return (f"distill.student: {student} has another tokenizer than the teacher "
-                f"({len(theirs)} vs {len(ours)} tokens; e.g. {differ}): its logits would not "
-                "index the same vocabulary; give a student built with the teacher's tokenizer")
+
+def tokenizer_problem(key: str, path: str, tokenizer) -> str | None:
+    """Why the model at ``path`` cannot be compared position by position with the run's
+    model, whose tokenizer is ``tokenizer`` (another vocabulary), or None."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(path).get_vocab()
+    ours = tokenizer.get_vocab()
+    if theirs == ours:
+        return None
+    differ = sorted(set(theirs.items()) ^ set(ours.items()))[:3]
+    return (f"{key}: {path} has another tokenizer than the run's model ({len(theirs)} vs "
+            f"{len(ours)} tokens; e.g. {differ}): teacher and student logits must index the "
+            "same vocabulary, and the stage reads its data with the run's tokenizer; give a "
+            "model built with the run model's tokenizer")
+
+
+def width_problem(student: str, teacher_width: int) -> str | None:
+    """Why the student's logits cannot be compared with the teacher's (another width, the
+    same tokenizer padded differently), or None."""
+    from transformers import AutoConfig
+
     width = AutoConfig.from_pretrained(student).vocab_size
-    if width != teacher_vocab_size:
-        return (f"distill.student: {student} gives logits over {width} tokens, the teacher over "
-                f"{teacher_vocab_size} (same tokenizer, padded differently): C.8 compares them "
-                "position by position over one vocabulary")
-    return None
+    if width == teacher_width:
+        return None
+    return (f"distill.student: {student} gives logits over {width} tokens, the teacher over "
+            f"{teacher_width} (same tokenizer, padded differently): C.8 compares them position "
+            "by position over one vocabulary")
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 @register_stage
 class DistillStage(_TrainingStage):
-    """Offline logit distillation of the received model (teacher) into a student."""
+    """Distillation of a teacher into a student (see module doc)."""
 
     kind = "distill"
     sections = ("data", "lora", "train", "eval", "distill")
@@ -80,38 +128,124 @@ class DistillStage(_TrainingStage):
         if cfg.student == EMBEDDED:
             problems.append("distill.student: 'embedded' is the base model; the embedded student "
                             f"is '{EMBEDDED_STUDENT}'")
-        elif cfg.student != EMBEDDED_STUDENT:
-            missing = model_problem(cfg.student)
-            if missing:
-                problems.append(f"distill.student: {missing}")
+        elif cfg.student != EMBEDDED_STUDENT and (missing := model_problem(cfg.student)):
+            problems.append(f"distill.student: {missing}")
+        if cfg.mode == "sft" and cfg.teacher is not None:
+            problems.append("distill.teacher: mode 'sft' trains without a teacher (the baseline); "
+                            "remove distill.teacher or choose another mode")
+        if cfg.mode in MODES_WITH_PROMPTS and cfg.prompts is not None:
+            found = prompt_problems(cfg.prompts, cfg.mode == "sequence")[1]
+            problems += [f"distill.prompts: {p}" for p in found[:MAX_LISTED]] + (
+                [f"distill.prompts: ... and {len(found) - MAX_LISTED} more problems"]
+                if len(found) > MAX_LISTED else [])
         return problems
+
+    def references(self) -> list[tuple[str, str, str | None]]:
+        name = teacher_stage(_distill(self.config))
+        return [("distill.teacher", name, None)] if name else []
+
+    def check_inputs(self, tokenizer) -> list[str]:
+        """A teacher given as a model must be there (checked with the models, as the run's
+        own: another run may make it); it and the student must have the run model's
+        tokenizer."""
+        cfg = _distill(self.config)
+        models = [("distill.student", cfg.student)]
+        if cfg.teacher is not None and teacher_stage(cfg) is None and cfg.teacher != EMBEDDED:
+            if missing := model_problem(cfg.teacher):
+                return [f"distill.teacher: {missing}; a model another run makes (its "
+                        "merge/model) is there once that run has finished: run its config first"]
+            models.append(("distill.teacher", cfg.teacher))
+        found = []
+        for key, name in models:
+            if name != EMBEDDED and (problem := tokenizer_problem(
+                    key, student_path(cfg) if key == "distill.student" else name, tokenizer)):
+                found.append(problem)
+        return found
 
     def describe(self) -> str:
         cfg = _distill(self.config)
-        return (super().describe() + f"; student {cfg.student}, {cfg.mode}, beta {cfg.beta:g}, "
-                f"T {cfg.temperature:g}")
+        teacher = "" if cfg.mode == "sft" else f", teacher {cfg.teacher or 'the received model'}"
+        divergence = (f", beta {cfg.beta:g}, T {cfg.temperature:g}"
+                      if cfg.mode in ("offline", "on_policy") else "")
+        extra = {"on_policy": f", lmbda {cfg.lmbda:g}",
+                 "sequence": f", {cfg.samples} replies per question, {cfg.verifier}"}.get(cfg.mode, "")
+        return super().describe() + f"; student {cfg.student}, {cfg.mode}{teacher}{divergence}{extra}"
+
+    def _teacher(self, ctx: StageContext) -> ModelRef:
+        cfg = _distill(ctx.stage)
+        if cfg.teacher is None:
+            return ctx.model
+        name = teacher_stage(cfg)
+        return ctx.earlier[name].model if name else ModelRef(cfg.teacher)
+
+    def _kept_replies(self, ctx: StageContext, teacher: torch.nn.Module, seed: int
+                      ) -> tuple[list[dict], dict[str, float]]:
+        """The sequence mode's verified teacher replies and their figures: read back from the
+        stage folder when an interrupted run of this stage wrote them (the figures file is
+        written last), else sampled and written there."""
+        cfg = _distill(ctx.stage)
+        replies, tally = ctx.folder / TEACHER_REPLIES, ctx.folder / TEACHER_TALLY
+        if tally.is_file():
+            records = [json.loads(line) for line in replies.read_text().splitlines()]
+            ctx.log(f"  teacher: {len(records)} verified replies read back from {replies.name}")
+            return records, json.loads(tally.read_text())
+        prompts = [record for _, record in load_prompts(cfg.prompts, needs_fact=True)]
+        generator = torch.Generator().manual_seed(seed)
+        with progress_bar(total=len(prompts), desc="teacher replies", unit="question",
+                          disable=not ctx.progress) as bar:
+            kept: KeptReplies = verified_replies(
+                teacher, ctx.tokenizer, prompts, cfg.samples, cfg.sample_temperature,
+                cfg.max_new_tokens, cfg.verifier, generator, on_batch=bar.update)
+        ctx.log(f"  teacher: {kept.summary()} -> {replies.name}")
+        partial = replies.with_suffix(".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in kept.records))
+        os.replace(partial, replies)
+        tally.write_text(json.dumps(kept.figures()))
+        return kept.records, kept.figures()
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg, data_cfg, train = _distill(ctx.stage), ctx.stage.data, stage_train_config(ctx.stage)
         lora, quant = self._lora_and_quant()
         student = ModelRef(resolvable_base(student_path(cfg)))
-        teacher = load_model(ctx.model, ctx.run.model.dtype)
-        problem = vocabulary_problem(ctx.tokenizer, teacher.config.vocab_size, student.path)
-        if problem:
-            raise ConfigError(problem)
         data = prepare_sft(data_cfg, ctx.tokenizer)
         data_figures = _report_data(ctx, data.records, data.summary())
+        figures: dict[str, float] = {}
+        teacher = None
+        if cfg.mode != "sft":
+            teacher = load_model(self._teacher(ctx), ctx.run.model.dtype)
+            if problem := width_problem(student.path, teacher.config.vocab_size):
+                raise ConfigError(problem)
         model = trainable_model(student, ctx.run.model.dtype, lora, quant, train.seed)
-        objective = DistillObjective(teacher, cfg.beta, cfg.temperature)
-        before = objective.evaluate(model, length_sorted_batches(
-            data.validation, train.batch_size, ctx.tokenizer.pad_token_id, objective.collate)
-        ) if data.validation else {}
-        figures = train_ftlab(model, data.train, data.validation, train, ctx.folder,
-                              ctx.tokenizer.pad_token_id, data_cfg.max_length, objective,
-                              ctx.progress, ctx.log)
+        if teacher is not None and _parameters(model) > _parameters(teacher):
+            ctx.log(f"  warning: the student has more parameters ({_parameters(model):,}) than "
+                    f"its teacher ({_parameters(teacher):,}); distillation usually goes the "
+                    "other way")
+        if cfg.mode in ("sft", "sequence"):
+            if cfg.mode == "sequence":
+                kept, tally = self._kept_replies(ctx, teacher, train.seed)
+                figures |= tally
+                del teacher
+                data.train += [tokenize_with_labels(r["messages"], ctx.tokenizer,
+                                                    data_cfg.max_length) for r in kept]
+            objective = SFTObjective()
+        else:
+            on_policy = None
+            if cfg.mode == "on_policy":
+                questions = [r["question"] for _, r in load_prompts(cfg.prompts, needs_fact=False)]
+                on_policy = OnPolicy(questions, ctx.tokenizer, cfg.lmbda, cfg.sample_temperature,
+                                     cfg.max_new_tokens)
+            objective = DistillObjective(teacher, cfg.beta, cfg.temperature, on_policy)
+            if data.validation:
+                before = objective.evaluate(model, length_sorted_batches(
+                    data.validation, train.batch_size, ctx.tokenizer.pad_token_id,
+                    objective.collate))
+                figures["before/val_divergence"] = before["val_loss"]
+        figures |= train_ftlab(model, data.train, data.validation, train, ctx.folder,
+                               ctx.tokenizer.pad_token_id, data_cfg.max_length, objective,
+                               ctx.progress, ctx.log)
         on_main(lambda: save_trained_adapter(model, ctx.folder, student))
-        figures |= {"train_examples": len(data.train), **data_figures,
-                    **({"before/val_divergence": before["val_loss"]} if before else {})}
+        figures |= {"train_examples": len(data.train), **data_figures}
         return on_main(lambda: _measured(ctx, student.with_adapter(ctx.folder / "adapter"),
                                          figures, training_curves(ctx.folder),
-                                         {"adapter": str(ctx.folder / "adapter")}))
+                                         {"adapter": str(ctx.folder / "adapter"),
+                                          "base_model": student.path}))

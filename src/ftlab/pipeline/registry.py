@@ -63,10 +63,10 @@ class Stage:
                             "sft, dpo or grpo stage with LoRA earlier")
         return problems
 
-    def references(self) -> list[tuple[str, str, str]]:
+    def references(self) -> list[tuple[str, str, str | None]]:
         """Earlier stages this one reads, as ``(config key, stage name, required kind)``
-        (``("online_dpo.reward_model", "rm", "reward")``); plan time refuses a name that is
-        not an earlier stage of that kind, with the key's file:line."""
+        (``("online_dpo.reward_model", "rm", "reward")``; kind None: any kind); plan time
+        refuses a name that is not an earlier stage of that kind, with the key's file:line."""
         return []
 
     def check_inputs(self, tokenizer) -> list[str]:

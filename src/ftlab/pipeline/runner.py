@@ -36,6 +36,7 @@ from ftlab.config import (EvalConfig, PipelineConfig, StageConfig, TrainConfig, 
                           save_config)
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.files import file_manifest, manifest_problems, sha256_file
+from ftlab.paths import data_dir
 from ftlab.pipeline.baseline import measure_baseline
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     load_model_tokenizer, model_problem)
@@ -114,15 +115,15 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
         problems += [(("stages", index, *_section_of(p)), f"{where}: {p}")
                      for p in stage.check(has_adapter)]
         for key, name, kind in stage.references():
-            if earlier.get(name) != kind:
+            if name not in earlier or (kind is not None and earlier[name] != kind):
                 known = ", ".join(f"{n} ({k})" for n, k in earlier.items()) or "none"
                 problems.append((("stages", index, *key.split(".")), (
-                    f"{where}: {key}: '{name}' is not an earlier {kind} stage (stages before "
+                    f"{where}: {key}: '{name}' is not an earlier {kind + ' ' if kind else ''}stage (stages before "
                     f"this one: {known}); a stage can only read what ran before it")))
         earlier[stage_config.name] = stage_config.kind
         if check_model and not problems and type(stage).check_inputs is not Stage.check_inputs:
             tokenizer = tokenizer or load_model_tokenizer(config.model)
-            problems += [(("stages", index, "data", "path"), f"{where}: {p}")
+            problems += [(("stages", index, *(_section_of(p) or ("data", "path"))), f"{where}: {p}")
                          for p in stage.check_inputs(tokenizer)]
         batch = (stage_config.train.batch_size if stage_config.train
                  else TrainConfig().batch_size) if stage.trains else None
@@ -189,6 +190,9 @@ def chain(planned: list[PlannedStage], done: dict[str, StageRecord], start: Mode
 
 RUN = "$RUN/"
 """Prefix of paths inside the run folder as ``state.json`` stores them."""
+DATA = "$DATA/"
+"""Prefix of paths inside the project's data folder (the embedded student, say) as
+``state.json`` stores them, so a moved project's run folder still finds them."""
 
 
 def _map_paths(state: dict, convert: Callable[[str], str]) -> dict:
@@ -206,13 +210,21 @@ def _map_paths(state: dict, convert: Callable[[str], str]) -> dict:
 
 
 def _portable(path: str, run_dir: Path) -> str:
-    """``path`` as ``$RUN/<relative>`` when it lies in ``run_dir``, else unchanged."""
+    """``path`` as ``$RUN/<relative>`` when it lies in ``run_dir``, ``$DATA/<relative>``
+    when it lies in the project's data folder, else unchanged."""
     if path == EMBEDDED or not Path(path).exists():
         return path
-    try:
-        return RUN + Path(path).resolve().relative_to(run_dir.resolve()).as_posix()
-    except ValueError:
-        return path
+    for prefix, root in ((RUN, run_dir), (DATA, data_dir())):
+        if Path(path).resolve().is_relative_to(root.resolve()):
+            return prefix + Path(path).resolve().relative_to(root.resolve()).as_posix()
+    return path
+
+
+def _local(path: str, run_dir: Path) -> str:
+    """What :func:`_portable` wrote, as a path here."""
+    if path.startswith(RUN):
+        return str(run_dir / path[len(RUN):])
+    return str(data_dir() / path[len(DATA):]) if path.startswith(DATA) else path
 
 
 def read_state(run_dir: Path) -> dict:
@@ -223,7 +235,7 @@ def read_state(run_dir: Path) -> dict:
         return {"baseline": None, "stages": {}}
     try:
         state = json.loads(path.read_text())
-        return _map_paths(state, lambda p: str(run_dir / p[len(RUN):]) if p.startswith(RUN) else p)
+        return _map_paths(state, lambda p: _local(p, run_dir))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path}: damaged run state; delete it to start the run over") from None
 

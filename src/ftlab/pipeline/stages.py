@@ -257,10 +257,18 @@ def _last_measurements(ctx: StageContext) -> dict[str, float]:
     return {}
 
 
+def base_model_of(ctx: StageContext) -> str:
+    """The base model under the model this stage receives: the run's ``model.name_or_path``,
+    unless an earlier stage changed models (a distill stage's student), which it records as
+    its ``base_model`` artifact."""
+    changed = [r.artifacts["base_model"] for r in ctx.earlier.values() if "base_model" in r.artifacts]
+    return changed[-1] if changed else ctx.run.model.name_or_path
+
+
 def _provenance(ctx: StageContext) -> dict:
     """What made the exported model: the base, and each earlier stage's kind and figures
     that are not measurements (steps, losses, merge check)."""
-    return {"base_model": ctx.run.model.name_or_path, "seed": ctx.run.seed,
+    return {"base_model": base_model_of(ctx), "seed": ctx.run.seed,
             "stages": {name: {"kind": next(s.kind for s in ctx.run.stages if s.name == name),
                               **{k: v for k, v in r.metrics.items() if not k.startswith("eval/")}}
                        for name, r in ctx.earlier.items()}}
@@ -295,7 +303,7 @@ class ExportStage(Stage):
         if "hf" in export.formats:
             measured = _last_measurements(ctx)
             folder = export_hf(model, ctx.tokenizer, ctx.folder / "hf",
-                               base_model=resolvable_base(ctx.run.model.name_or_path),
+                               base_model=resolvable_base(base_model_of(ctx)),
                                metrics=measured, provenance=_provenance(ctx),
                                baseline={k: ctx.baseline[k[len("eval/"):]] for k in measured
                                          if k[len("eval/"):] in ctx.baseline})
