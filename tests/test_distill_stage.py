@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -101,11 +102,16 @@ def test_the_step_gradient_does_not_depend_on_the_micro_batch_split():
     ({"lmbda": -0.1, "mode": "on_policy", "prompts": str(PROMPTS)}, "distill.lmbda"),
     ({"mode": "sequence"}, "mode 'sequence' asks questions: give distill.prompts"),
     ({"mode": "on_policy"}, "mode 'on_policy' asks questions: give distill.prompts"),
-    ({"mode": "sft", "teacher": "embedded"}, "distill.teacher: mode 'sft' trains without a teacher"),
+    ({"mode": "sft", "teacher": "embedded"}, "mode 'sft' does not read teacher"),
+    ({"lmbda": 0.3}, "mode 'offline' does not read lmbda"),  # silently ignored otherwise
+    ({"mode": "sequence", "prompts": str(PROMPTS), "beta": 0.2}, "mode 'sequence' does not read beta"),
+    ({"teacher": "embedded", "teacher_stage": "x"}, "give distill.teacher (a model) or"),
     ({"teacher": "/nowhere/teacher"}, "distill.teacher: /nowhere/teacher: no such model folder"),
-    ({"teacher": "merge"}, "distill.teacher: 'merge' is not an earlier stage"),  # it comes after
-    ({"teacher": "distill"}, "distill.teacher: 'distill' is not an earlier stage"),  # itself
+    ({"teacher_stage": "merge"}, "distill.teacher_stage: 'merge' is not an earlier stage"),  # after
+    ({"teacher_stage": "distill"}, "distill.teacher_stage: 'distill' is not an earlier stage"),
     ({"mode": "sequence", "prompts": "BAD_PROMPTS"}, "bad.jsonl:2"),
+    ({"mode": "on_policy", "prompts": str(PROMPTS), "max_prompt_length": 5},
+     "prompts.jsonl:1: the question is 7 tokens, over distill.max_prompt_length (5)"),
 ])
 def test_a_missing_student_and_out_of_range_settings_are_refused_at_plan_time(
         tmp_path, capsys, distill, problem):
@@ -209,6 +215,9 @@ def test_on_policy_steps_sample_at_rate_lmbda_and_resume_bit_identically(embedde
     _, never = _distill_run(embedded, tmp_path / "never", 2, lmbda=0.0)
     assert [r["on_policy"] for r in always] == [1.0, 1.0]
     assert [r["on_policy"] for r in never] == [0.0, 0.0]
+    # an on-policy step logs the tokens of the replies it trained on, not of the data it drew
+    assert [r["tokens"] for r in always] != [r["tokens"] for r in never]
+    assert all(r["tokens"] > r["targets"] for r in always)  # the prompts count too
 
 
 def test_sequence_mode_keeps_right_finished_distinct_replies_and_counts_them(monkeypatch):
@@ -259,7 +268,7 @@ def test_sequence_and_sft_modes_train_the_student_and_a_named_stage_teaches(tmp_
     stages = [{"name": "teacher", "kind": "sft", **common},
               {"name": "alone", "kind": "distill", **common, "distill": {"mode": "sft"}},
               {"name": "seq", "kind": "distill", **common,
-               "distill": {"mode": "sequence", "teacher": "teacher", "prompts": str(PROMPTS),
+               "distill": {"mode": "sequence", "teacher_stage": "teacher", "prompts": str(PROMPTS),
                            "samples": 1, "max_new_tokens": 4, "verifier": "correct"}}]
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"),
@@ -284,3 +293,27 @@ def test_sequence_and_sft_modes_train_the_student_and_a_named_stage_teaches(tmp_
     again = json.loads((run / "metrics.json").read_text())["stages"]["seq"]["metrics"]
     assert again["sequence/kept"] == len(kept) and again["train_examples"] == \
         figures["seq"]["metrics"]["train_examples"]
+
+
+def test_an_edited_prompt_file_or_a_retrained_teacher_runs_the_stage_again(tmp_path):
+    """Both are read by the stage without being its data section or its received model: they
+    are part of its fingerprint."""
+    from ftlab.config import load_config
+    from ftlab.pipeline import plan
+
+    prompts, teacher = tmp_path / "prompts.jsonl", tmp_path / "teacher"
+    prompts.write_text(PROMPTS.read_text())
+    shutil.copytree(data_dir() / "base_model", teacher)
+    config = _config(tmp_path, {"mode": "on_policy", "prompts": str(prompts),
+                                "teacher": str(teacher)})
+
+    def fingerprint() -> str:
+        return plan(load_config(config), config)[0].fingerprint
+
+    first = fingerprint()
+    assert fingerprint() == first
+    prompts.write_text(PROMPTS.read_text() + '{"question": "One more?"}\n')
+    second = fingerprint()
+    (teacher / "model.safetensors").write_bytes((teacher / "model.safetensors").read_bytes())
+    os.utime(teacher / "model.safetensors", ns=(1, 1))
+    assert len({first, second, fingerprint()}) == 3

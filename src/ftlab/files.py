@@ -54,3 +54,10 @@ def manifest_problems(root: Path, manifest: object) -> list[str]:
             problems.append(f"{name}: sha256 differs from the manifest (bytes changed after "
                             "writing)")
     return problems
+
+
+def folder_listing(folder: Path) -> list[list]:
+    """``[name, bytes, mtime_ns]`` of every file under ``folder`` (names relative, sorted):
+    what tells, without reading them, that a folder's files were rewritten."""
+    return [[f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(folder.rglob("*")) if f.is_file()]

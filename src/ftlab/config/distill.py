@@ -27,10 +27,14 @@ class DistillConfig(Section):
     )
     teacher: str | None = Field(
         None,
-        description="The teacher: unset, the model the stage receives (the run's chain so far); the "
-        "name of an earlier stage (the model it handed on); or a model folder (relative to the "
-        "current directory, as model.name_or_path; e.g. another run's runs/capstone_rl/merge/model) "
-        "or a cached Hub id.",
+        description="The teacher as a model: a model folder (relative to the current directory, as "
+        "model.name_or_path; e.g. another run's runs/capstone_rl/merge/model) or a cached Hub id. "
+        "Unset (and no teacher_stage): the model the stage receives (the run's chain so far).",
+    )
+    teacher_stage: str | None = Field(
+        None,
+        description="The teacher as an earlier stage of this run: its name (the model it handed on). "
+        "Give teacher or teacher_stage, not both.",
     )
     mode: Literal["offline", "on_policy", "sequence", "sft"] = Field(
         "offline",
@@ -78,6 +82,11 @@ class DistillConfig(Section):
         24, ge=1,
         description="Longest sampled reply, in tokens (on_policy, sequence).",
     )
+    max_prompt_length: int = Field(
+        128, ge=1,
+        description="Longest question of distill.prompts in tokens (on_policy, sequence); a longer one "
+        "is refused at plan time with its file:line.",
+    )
     verifier: Literal["correct_strict", "correct"] = Field(
         "correct_strict",
         description="sequence: which replies are kept: the world's check_answer, strict (the right "
@@ -85,9 +94,31 @@ class DistillConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _prompts_when_asked(self) -> DistillConfig:
-        """on_policy and sequence ask questions: they need a prompt file."""
+    def _settings_the_mode_uses(self) -> DistillConfig:
+        """on_policy and sequence ask questions: they need a prompt file; a setting the mode
+        does not read, given a value other than its default, is refused rather than silently
+        ignored (a saved config, which spells out every default, still loads)."""
         if self.mode in MODES_WITH_PROMPTS and self.prompts is None:
             raise ValueError(f"mode '{self.mode}' asks questions: give distill.prompts (a JSONL "
                              "prompt file, e.g. ../data/rl/prompts.jsonl)")
+        if self.teacher is not None and self.teacher_stage is not None:
+            raise ValueError("give distill.teacher (a model) or distill.teacher_stage (an earlier "
+                             "stage), not both")
+        unused = sorted(name for name in UNUSED_BY[self.mode]  # set away from its default
+                        if getattr(self, name) != type(self).model_fields[name].default)
+        if unused:
+            raise ValueError(f"mode '{self.mode}' does not read {', '.join(unused)}: remove "
+                             f"{'it' if len(unused) == 1 else 'them'} or choose the mode that "
+                             "does (see distill.mode)")
         return self
+
+
+UNUSED_BY = {
+    "offline": {"prompts", "lmbda", "samples", "sample_temperature", "max_new_tokens",
+                "max_prompt_length", "verifier"},
+    "on_policy": {"samples", "verifier"},
+    "sequence": {"beta", "temperature", "lmbda"},
+    "sft": {"teacher", "teacher_stage", "beta", "temperature", "prompts", "lmbda", "samples",
+            "sample_temperature", "max_new_tokens", "max_prompt_length", "verifier"},
+}
+"""The settings each mode does not read."""

@@ -46,9 +46,14 @@ class PreparedData:
                 f"examples ({self.filter_report.summary() if self.filter_report else 'no filter'})")
 
 
-def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase,
+                extra: list[list[dict]] | None = None) -> PreparedData:
     """Load, filter, split and tokenize the data ``config`` names; then add
     ``replay_fraction`` general-text blocks (:mod:`ftlab.data.replay`) to the training set.
+
+    ``extra``: conversations to train on besides the data (a teacher's replies), added to the
+    training split after filtering and splitting (never validation), before the replay blocks
+    are counted, so ``replay_fraction`` stays the share of the whole training set.
 
     With ``config.dedupe`` off, only the per-record checks of the filter run (empty and
     short responses). Raises :class:`DataError` when nothing is left to train on.
@@ -74,7 +79,7 @@ def prepare_sft(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prepa
     train, validation = train_val_split(kept, config.validation_fraction, config.seed)
     tokenize = lambda convs: [tokenize_with_labels(c, tokenizer, config.max_length)  # noqa: E731
                               for c in convs]
-    train_examples = tokenize(train)
+    train_examples = tokenize(train + list(extra or []))
     replay = []
     if config.replay_fraction:
         replay = replay_examples(config.replay_path or data_dir() / REPLAY_TEXT, tokenizer,

@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from ftlab.data.collate import collate
-from ftlab.distill.loss import distillation_loss
-from ftlab.rl.sampling import Rollouts, sample_groups
 from ftlab.data.labels import IGNORE_INDEX
+from ftlab.distill.loss import distillation_loss
+from ftlab.rl.sampling import Rollouts, joined, sample_groups
 from ftlab.train.step import MODEL_INPUTS, Accumulated, target_mask
-
 
 
 class DistillObjective:
@@ -61,26 +60,29 @@ class DistillObjective:
 
     def accumulate(self, model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]
                    ) -> Accumulated:
-        figures = {}
+        figures, tokens = {}, None
         if self.on_policy is not None:
             on = float(torch.rand(())) < self.on_policy.lmbda
-            if on:
+            figures["on_policy"] = float(on)
+            if on:  # the step trains on the replies, not on the data the trainer drew
                 micro_batches = [self.on_policy.replies(model, len(mb["input_ids"]))
                                  for mb in micro_batches]
-            figures = {"on_policy": float(on)} | (
-                {"reply_length": sum(int(target_mask(mb).sum()) for mb in micro_batches)
-                 / sum(len(mb["input_ids"]) for mb in micro_batches)} if on else {})
+                tokens = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+                figures["reply_length"] = (sum(int(target_mask(mb).sum()) for mb in micro_batches)
+                                           / sum(len(mb["input_ids"]) for mb in micro_batches))
         counts = [int(target_mask(mb).sum()) for mb in micro_batches]
         total = sum(counts)
         if total == 0:
-            return Accumulated(loss=math.nan, targets=0, metrics=figures)
+            return Accumulated(loss=math.nan, targets=0, metrics=figures, tokens=tokens)
         self.teacher.to(micro_batches[0]["input_ids"].device)  # once per step, not per forward
         loss = 0.0
         for mb, count in zip(micro_batches, counts):
+            if count == 0:  # nothing counted: neither model runs
+                continue
             part = self._divergence(model, mb) * (count / total)
             part.backward()
             loss += part.item()
-        return Accumulated(loss=loss, targets=total, metrics=figures)
+        return Accumulated(loss=loss, targets=total, metrics=figures, tokens=tokens)
 
     def evaluate(self, model: nn.Module, batches: list[dict[str, torch.Tensor]]
                  ) -> dict[str, float]:
@@ -103,11 +105,10 @@ def reply_batch(rollouts: Rollouts) -> dict[str, torch.Tensor]:
     """A training batch of sampled replies: each row its left-padded prompt then its reply,
     position ids counting real tokens from 0 (as they were sampled), and labels on the reply
     tokens through the first stop token only."""
-    ids = torch.cat([rollouts.prompt_ids, rollouts.completion_ids], 1)
-    mask = torch.cat([rollouts.prompt_mask, rollouts.completion_mask], 1)
+    ids, mask, positions = joined(rollouts.prompt_ids, rollouts.prompt_mask,
+                                  rollouts.completion_ids, rollouts.completion_mask)
     trained = torch.cat([torch.zeros_like(rollouts.prompt_mask), rollouts.completion_mask], 1)
-    return {"input_ids": ids, "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
             "labels": ids.masked_fill(trained == 0, IGNORE_INDEX)}
 
 

@@ -69,6 +69,13 @@ class Stage:
         refuses a name that is not an earlier stage of that kind, with the key's file:line."""
         return []
 
+    def inputs(self) -> dict:
+        """What the stage reads besides its config, its data section's files and the model it
+        receives (a prompt file, another run's model), each as what identifies its content
+        (a sha256, a :func:`~ftlab.files.folder_listing`): part of the stage's fingerprint, so
+        a changed input runs the stage again. Called at plan time, after :meth:`check`."""
+        return {}
+
     def check_inputs(self, tokenizer) -> list[str]:
         """Problems only the run's tokenizer can see (a prompt longer than a limit in
         tokens); empty when fine. Runs at plan time, after :meth:`check`, when the base

@@ -35,7 +35,7 @@ from pathlib import Path
 from ftlab.config import (EvalConfig, PipelineConfig, StageConfig, TrainConfig, config_line,
                           save_config)
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.files import file_manifest, manifest_problems, sha256_file
+from ftlab.files import file_manifest, folder_listing, manifest_problems, sha256_file
 from ftlab.paths import data_dir
 from ftlab.pipeline.baseline import measure_baseline
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
@@ -69,10 +69,11 @@ class StageRecord:
     result: StageResult
 
 
-def fingerprint(run: PipelineConfig, stage: StageConfig) -> str:
+def fingerprint(run: PipelineConfig, stage: StageConfig, inputs: dict | None = None) -> str:
     """sha256 of the stage's config (JSON), the base model and the run seed, with each data
     file standing for its content (sha256), not its path: a moved project keeps its
-    fingerprints, an edited data file changes them."""
+    fingerprints, an edited data file changes them. ``inputs``: what else the stage reads,
+    as its :meth:`~ftlab.pipeline.registry.Stage.inputs` identifies it."""
     config = stage.model_dump(mode="json")
     data = config.get("data")
     if data:
@@ -84,7 +85,7 @@ def fingerprint(run: PipelineConfig, stage: StageConfig) -> str:
     if (config.get("eval") or {}).get("preference_path"):
         config["eval"]["preference_path"] = sha256_file(Path(config["eval"]["preference_path"]))
     text = json.dumps({"stage": config, "model": run.model.model_dump(mode="json"),
-                       "seed": run.seed}, sort_keys=True)
+                       "seed": run.seed, **({"inputs": inputs} if inputs else {})}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -138,7 +139,7 @@ def plan(config: PipelineConfig, source: Path | None = None, check_model: bool =
                 "--nproc (or split the pipeline)")))
         has_adapter = (has_adapter or stage.trains) and not stage.needs_adapter
         planned.append(PlannedStage(stage_config.name, stage_config, stage,
-                                    fingerprint(config, stage_config)))
+                                    fingerprint(config, stage_config, stage.inputs())))
     if problems:
         lines = [f"{source}:{line}: {text}" if source and (line := config_line(source, loc))
                  else text for loc, text in problems]
@@ -303,9 +304,8 @@ def input_signature(model: ModelRef, run_dir: Path) -> list:
     folder and adapters (a retrained upstream stage rewrites them)."""
     folders = [Path(p) for p in (model.path, *model.adapters) if Path(p).is_dir()]
     return [_portable(model.path, run_dir),
-            [[_portable(str(folder), run_dir), f.relative_to(folder).as_posix(),
-              f.stat().st_size, f.stat().st_mtime_ns]
-             for folder in folders for f in sorted(folder.rglob("*")) if f.is_file()]]
+            [[_portable(str(folder), run_dir), *entry]
+             for folder in folders for entry in folder_listing(folder)]]
 
 
 def stage_folder(folder: Path, stage_fingerprint: str, model: ModelRef, run_dir: Path) -> Path:

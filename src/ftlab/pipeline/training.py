@@ -108,6 +108,8 @@ def training_curves(folder: Path) -> dict[str, list[list[float]]]:
     function — the verifier's ``correct`` among them even at weight 0 — and ``val_reward``:
     greedy).
 
+    An on-policy distillation stage adds ``loss/on_policy``: the steps on the student's own
+    replies (they log ``on_policy`` 1), which the task / replay split below leaves out.
     When the stage replays general text (steps log ``targets/replay``), also
     ``loss/task`` and ``loss/replay``: the losses of steps whose trained tokens are at least
     :data:`PURE_SHARE` task data or replay text (length grouping makes most steps one or the
@@ -124,6 +126,9 @@ def training_curves(folder: Path) -> dict[str, list[list[float]]]:
                                 if r["kind"] == "eval" and "val_reward" in r]
         for key in sorted({k for r in steps for k in r if k.startswith("reward/")}):
             curves[key] = [[r["step"], r[key]] for r in steps if key in r]
+    if any(r.get("on_policy") for r in steps):  # distillation on the student's own replies
+        curves["loss/on_policy"] = [[r["step"], r["loss"]] for r in steps if r.get("on_policy")]
+        steps = [r for r in steps if not r.get("on_policy")]
     if any("targets/replay" in r for r in steps):
         share = {r["step"]: r.get("targets/replay", 0) / max(r["targets"], 1) for r in steps}
         curves["loss/task"] = [[r["step"], r["loss"]] for r in steps

@@ -34,7 +34,7 @@ from ftlab.rl.advantages import group_advantages, zero_spread_share
 from ftlab.rl.loss import clip_fractions, grpo_loss
 from ftlab.rl.prompts import collate_prompt_indices, prompt_examples
 from ftlab.rl.rewards import RewardFn, by_kind, score
-from ftlab.rl.sampling import Rollouts, sample_groups
+from ftlab.rl.sampling import Rollouts, joined, sample_groups
 from ftlab.train.step import Accumulated
 
 
@@ -46,9 +46,7 @@ def token_logprobs(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torc
     next-token distribution there. Logits are divided by ``temperature`` (> 0) first: the
     distribution the completions were sampled from, as TRL scores them. Position ids count
     each row's real tokens from 0, as :func:`ftlab.evaluate.greedy_decode` gave them."""
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = joined(prompt_ids, prompt_mask, completion_ids, completion_mask)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                    use_cache=False).logits
     width = completion_ids.shape[1]

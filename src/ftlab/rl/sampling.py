@@ -69,6 +69,16 @@ class Rollouts:
         return self.completion_mask.sum(-1)
 
 
+def joined(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+           completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, position ids), each (B, Tp + C): every row's left-padded prompt then its
+    right-padded completion, positions counting each row's real tokens from 0 as
+    :func:`ftlab.evaluate.greedy_decode` gave them while sampling."""
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The id that ends an assistant turn: ``<|im_end|>`` where the vocabulary has it,
     else the tokenizer's end-of-sequence id."""

@@ -57,6 +57,9 @@ class Accumulated:
     loss: float
     targets: int
     metrics: dict[str, float] = field(default_factory=dict)
+    tokens: int | None = None
+    """Real tokens the step ran on, when the objective replaced the trainer's micro-batches
+    with its own (on-policy distillation's sampled replies); None: the trainer's batches."""
 
 
 def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]]

@@ -350,6 +350,8 @@ class Trainer:
                 micro = [_to(b, self.device) for b in batches]
                 with training_context(self.model, self.device, self.precision):
                     accumulated = self.objective.accumulate(self.engine_model, micro)
+                if accumulated.tokens is not None:  # it trained on batches of its own
+                    local_tokens, sources = accumulated.tokens, {}
                 outcome = clip_and_step(self.optimizer, self.params, cfg.max_grad_norm,
                                         accumulated.loss)
                 lr = self.scheduler.get_last_lr()[0]
