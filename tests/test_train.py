@@ -351,3 +351,29 @@ def test_steps_count_trained_tokens_per_source_and_curves_split_them(tmp_path):
                if r["step"] in replay_steps)
     assert all(r.get("targets/replay", 0) <= 0.1 * r["targets"] for r in steps
                if r["step"] in task_steps)
+
+
+@pytest.mark.parametrize("settings", [
+    {"schedule": "wsd", "warmup_ratio": 0.25, "warmup_start": 0.1, "decay_ratio": 0.25},
+    {"schedule": "linear", "warmup_ratio": 0.1, "warmup_start": 0.5, "min_lr_ratio": 0.0},
+    {"schedule": "constant", "warmup_ratio": 0.0},
+])
+def test_the_trainer_follows_the_configured_schedule_step_by_step(tmp_path, settings):
+    """The learning rate logged with each step is the peak times lr_at (M4.7) of that
+    update, and a run resumed from a checkpoint goes on on the same schedule."""
+    from ftlab.train.schedule import lr_at, schedule_for
+
+    config = {"max_steps": 12, "batch_size": 2, "lr": 0.01, "save_every": 5, **settings}
+    _fit(tmp_path, tiny_examples(8), **config)
+    steps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "step"]
+    train = TrainConfig(**{k: v for k, v in config.items()})
+    schedule = schedule_for(12, train.warmup_ratio, train.min_lr_ratio, train.schedule,
+                            train.warmup_start, train.decay_ratio)
+    assert [r["lr"] for r in steps] == pytest.approx([0.01 * lr_at(r["step"] - 1, schedule)
+                                                      for r in steps], abs=1e-12)
+    assert len({round(r["lr"], 12) for r in steps}) > 1 or settings["schedule"] == "constant"
+
+
+def test_wsd_whose_warm_up_and_decay_do_not_fit_is_refused():
+    with pytest.raises(ValueError, match="wsd's warm-up and final decay must fit"):
+        TrainConfig(schedule="wsd", warmup_ratio=0.6, decay_ratio=0.5)

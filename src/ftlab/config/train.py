@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ftlab.config.fields import Section, hint
 
@@ -43,7 +43,25 @@ class TrainConfig(Section):
         0.1,
         ge=0,
         le=1,
-        description="Cosine decay ends at lr x min_lr_ratio.",
+        description="Every decay ends at lr x min_lr_ratio (the floor).",
+    )
+    schedule: Literal["cosine", "linear", "wsd", "constant"] = Field(
+        "cosine",
+        description="Shape after warm-up (M4.7): cosine or linear decay to the floor; wsd holds the "
+        "peak, then decays linearly over the last decay_ratio of the steps; constant.",
+    )
+    warmup_start: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Warm-up starts at lr x warmup_start (0: from zero, as transformers; continued "
+        "pre-training re-warms from 0.1).",
+    )
+    decay_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="wsd: fraction of the steps in the final decay (at most what warm-up leaves).",
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay. Typical 0-0.1.")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the global gradient L2 norm to this value.")
@@ -99,3 +117,12 @@ class TrainConfig(Section):
         "was skipped for a non-finite loss or gradient norm (usually a learning rate too high, or "
         "broken data); 1 never stops.",
     )
+
+    @model_validator(mode="after")
+    def _schedule_fits_the_run(self) -> TrainConfig:
+        """wsd's warm-up and final decay must fit in the run together."""
+        if self.schedule == "wsd" and self.warmup_ratio + self.decay_ratio > 1:
+            raise ValueError(f"warmup_ratio {self.warmup_ratio:g} + decay_ratio "
+                             f"{self.decay_ratio:g} > 1: wsd's warm-up and final decay must fit "
+                             "in the run together (the stable phase is what they leave)")
+        return self

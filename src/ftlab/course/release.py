@@ -38,8 +38,9 @@ started or blocked and the teaching message of each failing one, then the progre
 NOTEBOOKS_README = """# Notebooks
 
 Open them in order in JupyterLab (`.venv/bin/jupyter lab`): `01_data_prep` … `05_eval_merge`,
-then `06_capstone`; `07_scale_out` (data-parallel training, task M4.6) is an advanced track
-after `04_training_loop`; `08_rl_grpo` (reinforcement learning with verifiable rewards, tasks
+then `06_capstone`; `07_scale_out` (data-parallel training, task M4.6) and `11_midtraining`
+(the learning-rate schedules of continued pre-training, M4.7) are advanced tracks after
+`04_training_loop`; `08_rl_grpo` (reinforcement learning with verifiable rewards, tasks
 C.4 and C.5), `09_rewards_rlaif` (reward models and AI feedback, C.6 and C.7) and
 `10_distillation` (a small student learns from the base model, C.8) come after
 `06_capstone`. Each opens with learning objectives and a hardware box and runs top to

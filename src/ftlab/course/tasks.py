@@ -24,13 +24,15 @@ NOTEBOOKS = {
 """Milestone marker -> the notebook that teaches it."""
 
 TASK_NOTEBOOKS = {"M4.6": "notebooks/07_scale_out.ipynb",
+                  "M4.7": "notebooks/11_midtraining.ipynb",
                   "C.4": "notebooks/08_rl_grpo.ipynb", "C.5": "notebooks/08_rl_grpo.ipynb",
                   "C.6": "notebooks/09_rewards_rlaif.ipynb",
                   "C.7": "notebooks/09_rewards_rlaif.ipynb",
                   "C.8": "notebooks/10_distillation.ipynb"}
 """Tasks of an advanced track, taught in their own notebook though graded with their
-milestone (M4.6, data parallelism, is graded with ``m4``; C.4 and C.5, GRPO, C.6 and C.7,
-reward models, and C.8, distillation, with ``capstone``)."""
+milestone (M4.6, data parallelism, and M4.7, the schedules of mid-training, are graded with
+``m4``; C.4 and C.5, GRPO, C.6 and C.7, reward models, and C.8, distillation, with
+``capstone``)."""
 
 
 def milestone_of(task: str) -> str:

@@ -106,6 +106,11 @@ class _TrainingStage(Stage):
         if self.config.backend == "trl" and quant.enabled:
             problems.append("backend 'trl' with quant.enabled is not supported by the pipeline; "
                             "use backend: ftlab (QLoRA with ftlab's NF4 or bitsandbytes)")
+        train = stage_train_config(self.config)
+        if self.config.backend == "trl" and (train.schedule, train.warmup_start) != ("cosine", 0):
+            problems.append("train.schedule: the trl backend runs transformers' cosine schedule "
+                            "warmed up from 0; the other schedules (M4.7) and warmup_start run on "
+                            "backend: ftlab")
         return problems
 
     def describe(self) -> str:

@@ -14,7 +14,7 @@ from ftlab.train.checkpoint import (Checkpoint, CheckpointWarning, checkpoint_pr
                                     restore_training_state, save_checkpoint)
 from ftlab.train.early_stopping import EarlyStopping
 from ftlab.train.metrics import MetricsLog, flops_per_token, plot_training, read_metrics
-from ftlab.train.schedule import lr_factor, make_scheduler, warmup_steps_for
+from ftlab.train.schedule import Schedule, lr_at, lr_factor, make_scheduler, warmup_steps_for
 from ftlab.train.step import (Accumulated, StepOutcome, accumulate_gradients, clip_and_step,
                               count_targets, target_loss_sum)
 from ftlab.train.objective import Objective, SFTObjective, validation_loss
@@ -25,7 +25,7 @@ __all__ = [
     "MetricsLog", "Objective", "SFTObjective", "StepOutcome", "TrainResult", "Trainer", "accumulate_gradients",
     "checkpoint_problems", "clip_and_step", "count_targets", "flops_per_token",
     "latest_good_checkpoint", "list_checkpoints", "load_checkpoint", "lr_factor",
-    "make_scheduler", "pack", "pack_rows", "plot_training", "read_metrics", "real_tokens",
+    "Schedule", "lr_at", "make_scheduler", "pack", "pack_rows", "plot_training", "read_metrics", "real_tokens",
     "restore_training_state", "save_checkpoint", "seed_everything", "target_loss_sum",
     "validation_loss", "warmup_steps_for",
 ]

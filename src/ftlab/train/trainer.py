@@ -65,7 +65,7 @@ from ftlab.train.checkpoint import (latest_good_checkpoint, load_checkpoint, pru
 from ftlab.train.early_stopping import EarlyStopping
 from ftlab.train.metrics import (MetricsLog, flops_per_token, matmul_peak_flops,
                                  plot_training)
-from ftlab.train.schedule import make_scheduler
+from ftlab.train.schedule import make_scheduler, schedule_for
 from ftlab.train.objective import Objective, SFTObjective
 from ftlab.train.precision import Decision, decide, training_context
 from ftlab.train.step import clip_and_step
@@ -148,8 +148,9 @@ class Trainer:
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * micro_per_epoch / config.grad_accum))
         self.optimizer = self._optimizer()
-        self.scheduler = make_scheduler(self.optimizer, self.total_steps, config.warmup_ratio,
-                                        config.min_lr_ratio)
+        self.scheduler = make_scheduler(self.optimizer, schedule_for(
+            self.total_steps, config.warmup_ratio, config.min_lr_ratio, config.schedule,
+            config.warmup_start, config.decay_ratio))
         self.early = EarlyStopping(config.early_stopping_patience,
                                    config.early_stopping_min_delta)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
