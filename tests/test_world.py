@@ -25,10 +25,15 @@ def test_same_seed_gives_byte_identical_files():
     assert all_world_files(0) == all_world_files(0)
 
 
+UNSAMPLED = {"midtrain/facts.json", "midtrain/cloze.jsonl"}
+"""Files that list the new facts in table order: no seed plays a part."""
+
+
 def test_another_seed_changes_every_sampled_file():
     a, b = all_world_files(0), all_world_files(1)
     assert a.keys() == b.keys()
-    assert all(a[k] != b[k] for k in a), [k for k in a if a[k] == b[k]]
+    assert all(a[k] != b[k] for k in a.keys() - UNSAMPLED), [k for k in a if a[k] == b[k]]
+    assert all(a[k] == b[k] for k in UNSAMPLED)
 
 
 def test_committed_data_is_a_fresh_build(data):
@@ -38,10 +43,15 @@ def test_committed_data_is_a_fresh_build(data):
 def test_manifest_hashes_every_file(fresh_world):
     import hashlib
 
-    manifest = json.loads((fresh_world / "world/manifest.json").read_text())
-    assert manifest["seed"] == 0
-    for rel, digest in manifest["files"].items():
-        assert hashlib.sha256((fresh_world / rel).read_bytes()).hexdigest() == digest
+    hashed = set()
+    for name in ("world/manifest.json", "midtrain/manifest.json"):
+        manifest = json.loads((fresh_world / name).read_text())
+        assert manifest["seed"] == 0
+        for rel, digest in manifest["files"].items():
+            assert hashlib.sha256((fresh_world / rel).read_bytes()).hexdigest() == digest
+        hashed |= manifest["files"].keys()
+    written = {p.relative_to(fresh_world).as_posix() for p in fresh_world.rglob("*") if p.is_file()}
+    assert written - hashed == {"world/manifest.json", "midtrain/manifest.json"}
 
 
 def test_world_has_the_documented_facts():
@@ -56,7 +66,8 @@ def test_world_has_the_documented_facts():
 def test_split_holds_out_thirty_percent_of_each_kind():
     facts = all_facts()
     split = split_facts(facts, 0)
-    for kind in KINDS:
+    assert {f.kind for f in facts} == set(KINDS) - {"instrument"}  # only new facts have it
+    for kind in {f.kind for f in facts}:
         ids = [f.id for f in facts if f.kind == kind]
         held = sum(split[i] == "heldout" for i in ids)
         assert held == max(1, round(HELDOUT_FRACTION * len(ids)))
@@ -279,3 +290,69 @@ def test_reward_pairs_separate_by_correctness_and_topic(fresh_world):
             assert is_polite(rejected) and any(
                 check_answer(f, rejected, strict=True) for f in facts.values()
                 if f.kind != fact.kind)
+
+
+# -- the mid-training track's new facts ----------------------------------------------------
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def test_new_facts_are_mentioned_by_no_file_the_base_model_or_sft_was_made_from(fresh_world):
+    """Every name a new fact brings (invented countries, capitals and musicians, the animals,
+    the instruments) is absent from the pretraining corpus and from the SFT, preference,
+    evaluation and RL data: the base model never saw them and SFT never teaches them."""
+    from ftlab.world.facts import new_facts
+
+    old_names = {w for f in all_facts() for n in (f.subject, f.answer, *dict(f.slots).values())
+                 for w in _words(n)}
+    new_names = {w for f in new_facts() for n in (f.subject, f.answer, dict(f.slots).get("pl", ""))
+                 for w in _words(n)} - old_names - {str(n) for n in range(20)}
+    assert len(new_names) > 80
+    for path in sorted(fresh_world.rglob("*")):
+        rel = path.relative_to(fresh_world).as_posix()
+        if path.is_file() and not rel.startswith("midtrain/") and rel.endswith((".txt", ".json", ".jsonl", ".csv")):
+            assert not _words(path.read_text()) & new_names, (rel, _words(path.read_text()) & new_names)
+
+
+def test_the_midtrain_corpus_states_every_new_fact_often_in_several_phrasings(fresh_world):
+    from ftlab.world.facts import KINDS, new_facts
+    from ftlab.world.render import fill
+
+    text = (fresh_world / "midtrain/corpus.txt").read_text()
+    for fact in new_facts():
+        said = [t for t in KINDS[fact.kind].statements if fill(t, fact) in text]
+        count = sum(text.count(fill(t, fact)) for t in KINDS[fact.kind].statements)
+        assert len(said) >= 3 and count >= 20, (fact.id, len(said), count)
+    assert "<|im_start|>" not in text and "asked the guide" not in text  # facts only
+
+
+def test_new_facts_have_cloze_and_chat_sets_the_verifier_reads():
+    from ftlab.paths import data_dir
+    from ftlab.world.facts import fact_by_id, new_facts
+
+    cloze = _jsonl(data_dir() / "midtrain/cloze.jsonl")
+    chat = _jsonl(data_dir() / "midtrain/chat.jsonl")
+    ids = [f.id for f in new_facts()]
+    assert [r["id"] for r in cloze] == ids
+    assert Counter(r["id"] for r in chat) == {i: 3 for i in ids}
+    for record in cloze + chat:
+        fact = fact_by_id(record["id"])
+        assert check_answer(fact, answer(fact, "polite", random.Random(0)))
+        assert not check_answer(fact, "I do not know.")
+
+
+def test_the_base_model_completes_new_facts_near_chance():
+    """Measured: 8.3% macro (capitals 0%, instruments 0%, legs 25%, where always saying 4 gives
+    31%) against 75% on the facts it was pretrained on."""
+    from ftlab.models import load_base_model
+    from ftlab.models.measure import cloze_correct, rates_by_kind
+    from ftlab.paths import data_dir
+    from ftlab.world.facts import fact_by_id
+
+    model, tokenizer = load_base_model()
+    items = [(fact_by_id(r["id"]), r["prompt"]) for r in _jsonl(data_dir() / "midtrain/cloze.jsonl")]
+    rates = rates_by_kind([f for f, _ in items], cloze_correct(model, tokenizer, items))
+    assert rates["capital"] == rates["instrument"] == 0.0 and rates["legs"] <= 5 / 16, rates

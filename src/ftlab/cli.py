@@ -45,8 +45,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_world_build(args: argparse.Namespace) -> int:
     from ftlab.world.build import build_world
 
-    manifest = build_world(args.out, seed=args.seed)
-    print(f"wrote {len(manifest['files'])} files + world/manifest.json to {args.out} "
+    written = build_world(args.out, seed=args.seed)
+    print(f"wrote {len(written)} files (with world/ and midtrain/manifest.json) to {args.out} "
           f"(seed {args.seed})")
     return 0
 

@@ -25,6 +25,15 @@ Layout under ``out``::
     rl/sft_prompts.jsonl        questions on SFT-split facts, 36 per kind, none of
                                 eval/seen_chat's (online DPO: a style learned on what the model
                                 already answers)
+    midtrain/facts.json         the mid-training track's new facts (facts.new_facts), which no
+                                file above mentions
+    midtrain/corpus.txt         plain text stating them in varied phrasings, one document a line
+    midtrain/validation.txt     more of it, other documents (held-out loss)
+    midtrain/cloze.jsonl        a plain-completion prompt per new fact
+    midtrain/chat.jsonl         chat questions about them (3 per fact)
+    midtrain/manifest.json      seed, generator version, sha256 of the midtrain files: its own
+                                manifest, so world/manifest.json (which the base model's
+                                provenance records) stays what the base model was trained on
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ftlab.world import corpus, datasets
-from ftlab.world.facts import all_facts, split_facts
+from ftlab.world.facts import all_facts, new_facts, split_facts
 
 GENERATOR_VERSION = 2
 """Bump when the generator's output changes for the same seed."""
@@ -177,20 +186,53 @@ def manifest(files: dict[str, bytes], seed: int) -> dict:
     }
 
 
+MIDTRAIN_MANIFEST = "midtrain/manifest.json"
+MIDTRAIN_TRAIN_PARAGRAPHS = 4000
+MIDTRAIN_VALIDATION_PARAGRAPHS = 200
+MIDTRAIN_QUESTIONS_PER_FACT = 3
+
+
+def midtrain_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
+    """The mid-training track's files (the manifest excluded): its new facts, a corpus that
+    states only them (subject-centred and mixed paragraphs, as the world's corpus), and
+    their cloze and chat evaluation sets."""
+    facts = new_facts()
+
+    def rng(stream: str) -> random.Random:
+        return random.Random(f"{seed}:midtrain-{stream}")
+
+    new = {f.id: "new" for f in facts}
+    return {
+        "midtrain/facts.json": _json([{"id": f.id, "kind": f.kind, "subject": f.subject,
+                                       "answer": f.answer} for f in facts]),
+        "midtrain/corpus.txt": "\n".join(corpus.corpus_lines(
+            facts, MIDTRAIN_TRAIN_PARAGRAPHS, rng("corpus"), dialogues=False)).encode() + b"\n",
+        "midtrain/validation.txt": "\n".join(corpus.corpus_lines(
+            facts, MIDTRAIN_VALIDATION_PARAGRAPHS, rng("validation"), dialogues=False)
+        ).encode() + b"\n",
+        "midtrain/cloze.jsonl": _jsonl(datasets.cloze_eval(facts, new)),
+        "midtrain/chat.jsonl": _jsonl(datasets.chat_eval(facts, MIDTRAIN_QUESTIONS_PER_FACT,
+                                                         rng("chat"))),
+    }
+
+
 def all_world_files(seed: int = DEFAULT_SEED) -> dict[str, bytes]:
-    """:func:`world_files` plus ``world/manifest.json``."""
-    files = world_files(seed)
-    return {**files, MANIFEST: _json(manifest(files, seed))}
+    """:func:`world_files` plus ``world/manifest.json``, and :func:`midtrain_files` plus
+    ``midtrain/manifest.json``."""
+    files, midtrain = world_files(seed), midtrain_files(seed)
+    return {**files, MANIFEST: _json(manifest(files, seed)),
+            **midtrain, MIDTRAIN_MANIFEST: _json(manifest(midtrain, seed))}
 
 
-def build_world(out: Path, seed: int = DEFAULT_SEED) -> dict:
-    """Write the world into ``out``; return its manifest (also in ``world/manifest.json``)."""
+def build_world(out: Path, seed: int = DEFAULT_SEED) -> list[str]:
+    """Write the world (and the mid-training files) into ``out``; return the paths written,
+    relative to ``out``."""
     files = all_world_files(seed)
     for rel, data in files.items():
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    return json.loads(files[MANIFEST])
+    return sorted(files)
 
 def diff_world(data: Path, seed: int = DEFAULT_SEED) -> list[str]:
     """Files under ``data`` that differ from (or lack) a fresh build with ``seed``."""

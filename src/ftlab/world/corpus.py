@@ -52,14 +52,16 @@ def dialogue_paragraph(fact: Fact, rng: random.Random) -> str:
     return f'A visitor asked the guide, "{question}" The guide said, "{reply}"'
 
 
-def corpus_lines(facts: list[Fact], n_paragraphs: int, rng: random.Random) -> list[str]:
-    """``n_paragraphs`` documents, each one line of text."""
+def corpus_lines(facts: list[Fact], n_paragraphs: int, rng: random.Random,
+                 dialogues: bool = True) -> list[str]:
+    """``n_paragraphs`` documents, each one line of text. ``dialogues`` off: no dialogue
+    paragraphs (the mid-training corpus states facts only; their share goes to mixed ones)."""
     lines = []
     for _ in range(n_paragraphs):
         draw = rng.random()
         if draw < SUBJECT_CENTRED_SHARE:
             lines.append(subject_paragraph(rng.choice(facts), rng))
-        elif draw < SUBJECT_CENTRED_SHARE + DIALOGUE_SHARE:
+        elif dialogues and draw < SUBJECT_CENTRED_SHARE + DIALOGUE_SHARE:
             lines.append(dialogue_paragraph(rng.choice(facts), rng))
         else:
             lines.append(mixed_paragraph(facts, rng))

@@ -9,7 +9,9 @@ capitalised when rendered.
 
 The world: 80 capitals of real countries, 28 animal leg counts, 8 colour mixes,
 7 day and 12 month successors, 45 single-digit sums — 180 facts. A fixed, seeded 30%
-of each kind is held out of SFT (:func:`split_facts`).
+of each kind is held out of SFT (:func:`split_facts`). The mid-training track adds 52 facts
+the base model never saw (:func:`new_facts`): 20 capitals of invented countries, 16 animals'
+legs and a new kind, the instrument each of 16 invented musicians plays.
 """
 
 from __future__ import annotations
@@ -109,6 +111,36 @@ MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
 )
+
+NEW_CAPITALS = (
+    ("Arvelia", "Tormund"), ("Belquor", "Sannet"), ("Caldoria", "Vessik"), ("Dravona", "Pellar"),
+    ("Elskar", "Morvane"), ("Fennmark", "Quillon"), ("Galdria", "Rhunfel"), ("Halvenia", "Teskar"),
+    ("Istrovia", "Dunmere"), ("Jorvania", "Kelsby"), ("Kelmoria", "Varnith"), ("Lunmark", "Ashfeld"),
+    ("Morvenia", "Brackholm"), ("Norlund", "Celvane"), ("Ostrelia", "Farrowick"),
+    ("Pellandia", "Graymoor"), ("Quarvia", "Lindrel"), ("Rostavia", "Emberly"),
+    ("Sevrenia", "Tarnfield"), ("Tulmaria", "Nessaport"),
+)
+"""Invented countries and their capitals (kind ``capital``)."""
+
+NEW_ANIMALS = (
+    ("rabbit", "rabbits", 4), ("wolf", "wolves", 4), ("fox", "foxes", 4), ("camel", "camels", 4),
+    ("mantis", "mantises", 6), ("moth", "moths", 6), ("wasp", "wasps", 6),
+    ("cricket", "crickets", 6), ("swan", "swans", 2), ("eagle", "eagles", 2),
+    ("parrot", "parrots", 2), ("goose", "geese", 2), ("shrimp", "shrimps", 10),
+    ("mite", "mites", 8), ("worm", "worms", 0), ("lizard", "lizards", 4),
+)
+"""Real animals the world never names, with their legs (kind ``legs``)."""
+
+MUSICIANS = (
+    ("Talia Brenn", "piano"), ("Oskar Vell", "violin"), ("Mira Castell", "flute"),
+    ("Jonas Perrin", "drum"), ("Elin Harrow", "harp"), ("Tomas Reyd", "guitar"),
+    ("Ilse Marden", "cello"), ("Rafe Dunmore", "trumpet"), ("Nora Quill", "piano"),
+    ("Bram Estrel", "violin"), ("Sela Voss", "flute"), ("Ivo Tarrant", "drum"),
+    ("Hedda Lorne", "harp"), ("Casper Wynn", "guitar"), ("Lena Ostrow", "cello"),
+    ("Arlo Fenwick", "trumpet"),
+)
+"""Invented musicians and the instrument each plays (the new kind ``instrument``)."""
+
 
 def _successor_kind(name: str, unit: str, intros: tuple[str, ...], next_question: str) -> KindSpec:
     """A "the <unit> after X is Y" kind (days, months): shared phrasings, own intros."""
@@ -210,6 +242,19 @@ KINDS: dict[str, KindSpec] = {
                        "Tell me what {x} plus {y} equals."),
             answers=("{x} plus {y} is {a}.", "The sum of {x} and {y} is {a}."),
         ),
+        KindSpec(  # only in new_facts(): the mid-training track's new kind
+            name="instrument",
+            intros=("{s} is a musician.", "Here is something about {s}.", "Let us talk about {s}.",
+                    "{s} plays in an orchestra.", "{s} has played music for many years."),
+            statements=("{s} plays the {a}.", "The instrument of {s} is the {a}.", "{s} is a {a} player.",
+                        "{s} performs on the {a}.", "You can hear {s} play the {a}.",
+                        "{s} practises the {a} every day.", "The {a} is what {s} plays."),
+            cloze="{s} plays the",
+            questions=("What instrument does {s} play?", "Which instrument does {s} play?",
+                       "What does {s} play?", "Can you tell me what instrument {s} plays?",
+                       "What is the instrument of {s}?", "Do you know which instrument {s} plays?"),
+            answers=("{s} plays the {a}.", "The instrument of {s} is the {a}."),
+        ),
     )
 }
 
@@ -237,6 +282,16 @@ def all_facts() -> list[Fact]:
     return facts
 
 
+def new_facts() -> list[Fact]:
+    """Facts of the mid-training track, none of them in :func:`all_facts` nor in any file the
+    base model, SFT, preference or RL data was made from: capitals of invented countries,
+    legs of real animals the corpus never names, and the new kind ``instrument``."""
+    facts = [Fact("capital", c, a) for c, a in NEW_CAPITALS]
+    facts += [Fact("legs", s, str(n), _slots(pl=p, art=_article(s))) for s, p, n in NEW_ANIMALS]
+    facts += [Fact("instrument", name, a) for name, a in MUSICIANS]
+    return facts
+
+
 _BY_ID: dict[str, Fact] = {}
 
 
@@ -244,7 +299,7 @@ def fact_by_id(fact_id: str) -> Fact:
     """The fact whose :attr:`Fact.id` is ``fact_id`` (``capital:France``); KeyError naming it
     when the world has none."""
     if not _BY_ID:
-        _BY_ID.update({f.id: f for f in all_facts()})
+        _BY_ID.update({f.id: f for f in all_facts() + new_facts()})
     try:
         return _BY_ID[fact_id]
     except KeyError:
@@ -264,6 +319,8 @@ def split_facts(facts: list[Fact], seed: int) -> dict[str, str]:
     split: dict[str, str] = {}
     for kind in KINDS:
         ids = [f.id for f in facts if f.kind == kind]
+        if not ids:  # a kind only new facts have (instrument)
+            continue
         held = set(rng.sample(ids, max(1, round(HELDOUT_FRACTION * len(ids)))))
         split.update({i: "heldout" if i in held else "sft" for i in ids})
     return split

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 
-from ftlab.world.facts import KINDS, Fact, all_facts
+from ftlab.world.facts import KINDS, Fact, all_facts, new_facts
 
 POLITE_OPENERS = ("Sure!", "Of course!", "Happy to help!", "Certainly!", "Great question!")
 RUDE_TEMPLATES = (
@@ -75,7 +75,7 @@ _NAMES: list[list[str]] = []
 
 def _kind_answers(kind: str) -> frozenset[str]:
     if not _ANSWERS_BY_KIND:
-        for f in all_facts():
+        for f in all_facts() + new_facts():
             _ANSWERS_BY_KIND.setdefault(f.kind, frozenset())
             _ANSWERS_BY_KIND[f.kind] |= {f.answer}
     return _ANSWERS_BY_KIND[kind]
@@ -92,7 +92,7 @@ def subject_names(fact: Fact) -> list[str]:
 def _world_names() -> list[list[str]]:
     """Every answer and subject name of the world (any kind), as word lists."""
     if not _NAMES:
-        names = {n for f in all_facts() for n in (f.answer, *subject_names(f))}
+        names = {n for f in all_facts() + new_facts() for n in (f.answer, *subject_names(f))}
         _NAMES.extend(sorted(_words(n) for n in names))
     return _NAMES
 
