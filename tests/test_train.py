@@ -377,3 +377,12 @@ def test_the_trainer_follows_the_configured_schedule_step_by_step(tmp_path, sett
 def test_wsd_whose_warm_up_and_decay_do_not_fit_is_refused():
     with pytest.raises(ValueError, match="wsd's warm-up and final decay must fit"):
         TrainConfig(schedule="wsd", warmup_ratio=0.6, decay_ratio=0.5)
+
+
+def test_a_run_resumed_with_another_schedule_is_refused(tmp_path):
+    """The checkpoint's scheduler would otherwise carry its own shape into the new run."""
+    _fit(tmp_path, tiny_examples(8), max_steps=4, batch_size=2, save_every=2, schedule="wsd",
+         warmup_ratio=0.25, decay_ratio=0.25)
+    with pytest.raises(ConfigError, match=r"schedule: 'wsd' -> 'cosine'.*decay_ratio: 0.25 -> 0.2"):
+        _fit(tmp_path, tiny_examples(8), max_steps=6, batch_size=2, save_every=2,
+             warmup_ratio=0.25)

@@ -9,8 +9,9 @@ to the last, and stays at the floor after it. M4.7's :func:`lr_at` generalises i
 ``start_fraction`` 0 and ``shape`` cosine it is M4.1's; ``wsd`` is transformers'
 ``get_wsd_schedule`` (linear decay) when warm-up starts at the floor. Continued pre-training
 re-warms a trained model's learning rate from a fraction of the peak and decays it again
-(Ibrahim et al. 2024); WSD holds the peak and decays only at the end (MiniCPM), so a run can
-be extended from its stable phase.
+(Ibrahim et al. 2024); WSD holds the peak and decays only at the end (MiniCPM), so a model
+saved in the stable phase can be trained on by a new run before one final decay (a resumed
+run keeps its checkpoint's schedule: the Trainer refuses to resume with other settings).
 """
 
 from __future__ import annotations

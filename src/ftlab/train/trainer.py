@@ -70,10 +70,11 @@ from ftlab.train.objective import Objective, SFTObjective
 from ftlab.train.precision import Decision, decide, training_context
 from ftlab.train.step import clip_and_step
 
-SAME_RUN_KEYS = ("lr", "batch_size", "grad_accum", "warmup_ratio", "min_lr_ratio",
-                 "weight_decay", "max_grad_norm", "group_by_length", "packing", "optimizer",
-                 "seed", "precision")
-"""Settings a resumed run must share with its checkpoint to continue the same run."""
+SAME_RUN_KEYS = ("lr", "batch_size", "grad_accum", "warmup_ratio", "min_lr_ratio", "schedule",
+                 "warmup_start", "decay_ratio", "weight_decay", "max_grad_norm", "group_by_length",
+                 "packing", "optimizer", "seed", "precision")
+"""Settings a resumed run must share with its checkpoint to continue the same run (a
+checkpoint written before a setting existed counts as having its default)."""
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,10 @@ class Trainer:
     # -- resume -----------------------------------------------------------------------
     def _check_same_run(self, saved: dict) -> None:
         ours = self.checkpoint_config()
-        diffs = [f"{k}: {saved['train'].get(k)!r} -> {ours['train'][k]!r}"
-                 for k in SAME_RUN_KEYS if saved["train"].get(k) != ours["train"][k]]
+        before = {k: saved["train"].get(k, TrainConfig.model_fields[k].default)
+                  for k in SAME_RUN_KEYS}
+        diffs = [f"{k}: {before[k]!r} -> {ours['train'][k]!r}"
+                 for k in SAME_RUN_KEYS if before[k] != ours["train"][k]]
         diffs += [f"{k}: {saved.get(k)!r} -> {ours[k]!r}"
                   for k in ("objective", "train_examples", "trainable") if saved.get(k) != ours[k]]
         if (saved.get("engine") == "fsdp") != (self.engine == "fsdp"):
