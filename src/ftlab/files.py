@@ -10,6 +10,7 @@ its files the same way.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 
@@ -61,3 +62,11 @@ def folder_listing(folder: Path) -> list[list]:
     what tells, without reading them, that a folder's files were rewritten."""
     return [[f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns]
             for f in sorted(folder.rglob("*")) if f.is_file()]
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a ``.partial`` file renamed into place, so a reader
+    finds either the old file or the whole new one, never a half-written one."""
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

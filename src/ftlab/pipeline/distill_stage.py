@@ -34,7 +34,6 @@ fingerprint: a changed one runs the stage again. The student is recorded as the 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ from ftlab.data.prepare import prepare_sft
 from ftlab.distill.objective import DistillObjective, OnPolicy
 from ftlab.distill.sequence import KeptReplies, verified_replies
 from ftlab.errors import ConfigError
-from ftlab.files import folder_listing, sha256_file
+from ftlab.files import folder_listing, sha256_file, write_text_atomically
 from ftlab.paths import base_model_dir, student_model_dir
 from ftlab.pipeline.context import (EMBEDDED, ModelRef, StageContext, StageResult, load_model,
                                     model_problem)
@@ -206,9 +205,10 @@ class DistillStage(_TrainingStage):
                 on_batch=bar.update)
         del model
         ctx.log(f"  teacher: {kept.summary()} -> {replies.name}")
-        _write_atomically(replies, "".join(json.dumps(r) + "\n" for r in kept.records))
-        _write_atomically(tally, json.dumps(kept.figures()))
-        return kept.records, kept.figures()
+        figures = kept.figures()
+        write_text_atomically(replies, "".join(json.dumps(r) + "\n" for r in kept.records))
+        write_text_atomically(tally, json.dumps(figures))
+        return kept.records, figures
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg, data_cfg, train = _distill(ctx.stage), ctx.stage.data, stage_train_config(ctx.stage)
@@ -256,8 +256,3 @@ class DistillStage(_TrainingStage):
                                          {"adapter": str(ctx.folder / "adapter"),
                                           "base_model": student.path}))
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
